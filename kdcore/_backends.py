@@ -1,0 +1,155 @@
+"""Backend selection shared by every op: Triton kernels, the JIT-built C++ library, the reference.
+
+- ``"auto"``: Triton for CUDA tensors; C++ for CPU tensors when it builds, else the reference.
+- ``"triton"``: CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1`` was set before the
+  kernels were first imported.
+- ``"cpp"``: CPU tensors; the ``csrc/`` sources are built on first use with ninja and cached.
+- ``"reference"``: plain torch, any device.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.resources
+import os
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("auto", "triton", "cpp", "reference")
+CPP_LIBRARY = "kdcore_cpp"
+
+
+class BackendUnavailableError(ValueError):
+    """The requested backend cannot run these tensors; the message says why."""
+
+
+def triton_interpret_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_import_error() -> str | None:
+    try:
+        importlib.import_module("triton")
+    except Exception as error:  # ImportError, or a broken install raising anything else
+        return f"triton cannot be imported ({type(error).__name__}: {error})"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def triton_kernels() -> ModuleType:
+    """Import ``kdcore.kernels`` (lazily, so ``TRITON_INTERPRET`` may be set late)."""
+    reason = _triton_import_error()
+    if reason is not None:
+        raise BackendUnavailableError(f"backend='triton' is unavailable: {reason}")
+    return importlib.import_module("kdcore.kernels")
+
+
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """Why Triton cannot run on ``device``, or ``None`` when it can."""
+    reason = _triton_import_error()
+    if reason is not None:
+        return reason
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if "kdcore.kernels" in sys.modules:
+            if triton_kernels().INTERPRET:
+                return None
+            return (
+                "the tensors are on the CPU and the Triton kernels were compiled for a GPU; "
+                "set TRITON_INTERPRET=1 before kdcore first uses Triton to run them on the CPU"
+            )
+        if triton_interpret_requested():
+            return None
+        return (
+            "the tensors are on the CPU and TRITON_INTERPRET=1 is not set; Triton runs on CPU "
+            "tensors only through its interpreter"
+        )
+    return f"Triton does not support tensors on device type '{device.type}'"
+
+
+def _csrc_dir() -> Path:
+    try:
+        path = Path(str(importlib.resources.files("kdcore.csrc")))
+        if path.is_dir() and any(path.glob("*.cpp")):
+            return path
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "csrc"
+
+
+_cpp_state: dict[str, object] = {}
+
+
+def cpp_ops() -> object | None:
+    """``torch.ops.kdcore_cpp`` after building ``csrc/`` once; ``None`` (with one warning) if the
+    build fails or no compiler is present."""
+    if "ops" in _cpp_state:
+        return _cpp_state["ops"]
+    sources = sorted(_csrc_dir().glob("*.cpp"))
+    try:
+        if not sources:
+            raise RuntimeError(f"no C++ sources found in {_csrc_dir()}")
+        from torch.utils import cpp_extension
+
+        digest = hashlib.sha1()
+        for source in sources:
+            digest.update(source.read_bytes())
+        name = f"{CPP_LIBRARY}_{digest.hexdigest()[:10]}"
+        cflags = ["-O3", "-fopenmp", "-march=native", "-ffp-contract=fast"]
+        if os.environ.get("KDCORE_CPP_PORTABLE") == "1":
+            cflags.remove("-march=native")
+        cpp_extension.load(
+            name=name,
+            sources=[str(source) for source in sources],
+            extra_cflags=cflags,
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+            verbose=os.environ.get("KDCORE_VERBOSE_BUILD") == "1",
+        )
+        ops = getattr(torch.ops, CPP_LIBRARY)
+    except Exception as error:
+        warnings.warn(
+            f"kdcore: the C++ CPU kernels could not be built ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[-1] if str(error).strip() else ''}); "
+            "falling back to the reference backend",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        ops = None
+    _cpp_state["ops"] = ops
+    return ops
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``backend`` (one of :data:`BACKENDS`) to the concrete backend for ``device``."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cuda" and triton_unavailable_reason(device) is None:
+            return "triton"
+        if device.type == "cpu" and cpp_ops() is not None:
+            return "cpp"
+        return "reference"
+    if backend == "triton":
+        reason = triton_unavailable_reason(device)
+        if reason is not None:
+            raise BackendUnavailableError(f"backend='triton' cannot run here: {reason}")
+    if backend == "cpp":
+        if device.type != "cpu":
+            raise BackendUnavailableError(
+                f"backend='cpp' runs on CPU tensors only, got tensors on '{device}'"
+            )
+        if cpp_ops() is None:
+            raise BackendUnavailableError(
+                "backend='cpp' is unavailable: the C++ kernels could not be built "
+                "(see the earlier warning)"
+            )
+    return backend

@@ -1,0 +1,83 @@
+"""Autograd shared by the fused losses.
+
+Each fused op returns ``(loss, grad_student, grad_teacher)``: the kernels compute the gradients
+of the reduced loss in the forward pass (one sweep over the inputs instead of about three), and
+the backward only multiplies them by ``grad_output``:
+
+- C++/CPU: the saved gradient is returned as is when ``grad_output`` is 1 (reading a CPU scalar
+  costs no sync), otherwise a scaled copy, so repeated backward passes stay correct.
+- Triton: scaled in place by a kernel that reads ``grad_output`` on the device and returns at
+  once when it is 1: no host sync, no second gradient-sized buffer. The saved gradient is
+  consumed, so a second backward through the same graph (``retain_graph=True``) raises; use
+  ``backend="cpp"`` or ``"reference"`` for that.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kdcore import _backends
+
+
+@torch.library.custom_op("kdcore::scale_grad_", mutates_args=("grad",))
+def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
+    """``grad *= grad_output`` in place. ``grad`` is (N, C); ``grad_output`` is a scalar, (N,)
+    (one value per row) or (N, C)."""
+    _backends.triton_kernels().scale_grad_(grad, grad_output)
+
+
+@scale_grad_.register_fake
+def _(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
+    return None
+
+
+def apply_grad_output(grad: torch.Tensor, grad_output: torch.Tensor, backend: str,
+                      ctx: object) -> torch.Tensor:
+    """``grad * grad_output``, broadcasting ``grad_output`` over trailing dims of ``grad``."""
+    if backend == "triton":
+        if getattr(ctx, "kdcore_consumed", False) and not torch.compiler.is_compiling():
+            raise RuntimeError(
+                "kdcore: the fused Triton loss consumed its saved gradient in an earlier "
+                "backward pass; backward twice through one graph (retain_graph=True) needs "
+                "backend='cpp' or backend='reference'"
+            )
+        scale_grad_(grad, grad_output)
+        return grad
+    if grad_output.numel() == 1 and float(grad_output) == 1.0:
+        return grad
+    shaped = grad_output.reshape(grad_output.shape + (1,) * (grad.dim() - grad_output.dim()))
+    return (grad.to(shaped.dtype) * shaped).to(grad.dtype)
+
+
+def register_fused_autograd(op: torch.library.CustomOpDef, num_inputs: int,
+                            backend_index: int) -> None:
+    """Register autograd for an op whose outputs are ``(loss, grad_student, grad_teacher)`` and
+    whose first two inputs are ``student`` and ``teacher``."""
+
+    def setup_context(ctx, inputs, output):
+        _, grad_student, grad_teacher = output
+        ctx.save_for_backward(grad_student, grad_teacher)
+        ctx.kdcore_backend = inputs[backend_index]
+        ctx.kdcore_shapes = (inputs[0].shape, inputs[1].shape)
+
+    def backward(ctx, grad_loss, _unused_student, _unused_teacher):
+        grad_student, grad_teacher = ctx.saved_tensors
+        grads = [None] * num_inputs
+        for index, (name, grad) in enumerate((("student", grad_student),
+                                              ("teacher", grad_teacher))):
+            if not ctx.needs_input_grad[index]:
+                continue
+            if grad.shape != ctx.kdcore_shapes[index]:
+                raise RuntimeError(
+                    f"kdcore: the {name} gradient was not computed in the forward pass (its "
+                    "input did not require grad then)"
+                )
+            grads[index] = apply_grad_output(grad, grad_loss, ctx.kdcore_backend, ctx)
+        ctx.kdcore_consumed = True
+        return tuple(grads)
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+def needs_grad(tensor: torch.Tensor) -> bool:
+    return tensor.requires_grad and torch.is_grad_enabled()
