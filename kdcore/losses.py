@@ -5,10 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdcore._backends import BACKENDS
 from kdcore.ops import _checks
-from kdcore.ops import feature_loss as _feature
-from kdcore.ops import kd_bce_loss as _kd_bce
-from kdcore.ops import kd_loss as _kd
+from kdcore.ops.feature_loss import KINDS as FEATURE_KINDS
+from kdcore.ops.feature_loss import REDUCTIONS as FEATURE_REDUCTIONS
+from kdcore.ops.feature_loss import feature_loss
+from kdcore.ops.kd_bce_loss import REDUCTIONS as KD_BCE_REDUCTIONS
+from kdcore.ops.kd_bce_loss import kd_bce_loss
+from kdcore.ops.kd_loss import KINDS as KD_KINDS
+from kdcore.ops.kd_loss import REDUCTIONS as KD_REDUCTIONS
+from kdcore.ops.kd_loss import kd_loss
 
 
 class KDLoss(nn.Module):
@@ -20,9 +26,9 @@ class KDLoss(nn.Module):
                  backend: str = "auto") -> None:
         super().__init__()
         self.temperature = _checks.check_temperature(temperature)
-        _checks.check_choice("kind", kind, _kd.KINDS)
-        _checks.check_choice("reduction", reduction, _kd.REDUCTIONS)
-        _checks.check_choice("backend", backend, ("auto", "triton", "cpp", "reference"))
+        _checks.check_choice("kind", kind, KD_KINDS)
+        _checks.check_choice("reduction", reduction, KD_REDUCTIONS)
+        _checks.check_choice("backend", backend, BACKENDS)
         self.kind, self.reduction, self.backend = kind, reduction, backend
         self.beta = _checks.check_number("beta", beta, low=0.0, high=1.0)
         self.alpha = _checks.check_number("alpha", alpha, low=0.0, high=1.0)
@@ -31,7 +37,7 @@ class KDLoss(nn.Module):
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                 labels: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        return _kd.kd_loss(student_logits, teacher_logits, temperature=self.temperature,
+        return kd_loss(student_logits, teacher_logits, temperature=self.temperature,
                            kind=self.kind, beta=self.beta, labels=labels, alpha=self.alpha,
                            ignore_index=self.ignore_index, mask=mask,
                            reduction=self.reduction, backend=self.backend)
@@ -50,14 +56,14 @@ class KDBCELoss(nn.Module):
         super().__init__()
         self.temperature = _checks.check_temperature(temperature)
         self.alpha = _checks.check_number("alpha", alpha, low=0.0, high=1.0)
-        _checks.check_choice("reduction", reduction, _kd_bce.REDUCTIONS)
-        _checks.check_choice("backend", backend, ("auto", "triton", "cpp", "reference"))
+        _checks.check_choice("reduction", reduction, KD_BCE_REDUCTIONS)
+        _checks.check_choice("backend", backend, BACKENDS)
         self.reduction, self.backend = reduction, backend
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                 labels: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        return _kd_bce.kd_bce_loss(student_logits, teacher_logits,
+        return kd_bce_loss(student_logits, teacher_logits,
                                    temperature=self.temperature, labels=labels,
                                    alpha=self.alpha, mask=mask, reduction=self.reduction,
                                    backend=self.backend)
@@ -74,14 +80,14 @@ class FeatureLoss(nn.Module):
     def __init__(self, *, kind: str = "mse", reduction: str = "mean",
                  backend: str = "auto") -> None:
         super().__init__()
-        _checks.check_choice("kind", kind, _feature.KINDS)
-        _checks.check_choice("reduction", reduction, _feature.REDUCTIONS)
-        _checks.check_choice("backend", backend, ("auto", "triton", "cpp", "reference"))
+        _checks.check_choice("kind", kind, FEATURE_KINDS)
+        _checks.check_choice("reduction", reduction, FEATURE_REDUCTIONS)
+        _checks.check_choice("backend", backend, BACKENDS)
         self.kind, self.reduction, self.backend = kind, reduction, backend
 
     def forward(self, student_feats: torch.Tensor, teacher_feats: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        return _feature.feature_loss(student_feats, teacher_feats, kind=self.kind, mask=mask,
+        return feature_loss(student_feats, teacher_feats, kind=self.kind, mask=mask,
                                      reduction=self.reduction, backend=self.backend)
 
     def extra_repr(self) -> str:

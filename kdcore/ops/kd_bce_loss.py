@@ -21,9 +21,10 @@ REDUCTIONS = ("mean", "sum", "none")
 def _bce_with_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Elementwise ``target*softplus(-x) + (1-target)*softplus(x)``; a zero weight kills its
     term even when the logit is infinite."""
-    positive = torch.where(target > 0, target * F.softplus(-logits), 0.0)
-    negative = torch.where(target < 1, (1.0 - target) * F.softplus(logits), 0.0)
-    return positive + negative
+    has_positive, has_negative = target > 0, target < 1
+    positive = target * F.softplus(-torch.where(has_positive, logits, 0.0))
+    negative = (1.0 - target) * F.softplus(torch.where(has_negative, logits, 0.0))
+    return torch.where(has_positive, positive, 0.0) + torch.where(has_negative, negative, 0.0)
 
 
 def kd_bce_loss_reference(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,

@@ -36,6 +36,14 @@ def _log(weight: float) -> float:
     return math.log(weight) if weight > 0 else -math.inf
 
 
+def _log_mixture(weighted_log_p: torch.Tensor, weighted_log_q: torch.Tensor) -> torch.Tensor:
+    """``log(exp(a) + exp(b))``, -inf where both are -inf, with a finite gradient there too."""
+    empty = (weighted_log_p == -math.inf) & (weighted_log_q == -math.inf)
+    mixed = torch.logaddexp(torch.where(empty, 0.0, weighted_log_p),
+                            torch.where(empty, 0.0, weighted_log_q))
+    return torch.where(empty, -math.inf, mixed)
+
+
 def _kl_from_log_probs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """``sum_c p*(log p - log q)`` over the last dim, with ``0*log 0 = 0`` (also in the grad)."""
     has_mass = log_p > -math.inf
@@ -68,9 +76,12 @@ def kd_loss_reference(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     elif kind == "reverse_kl":
         distill = _kl_from_log_probs(log_p_s, log_p_t)
     else:
-        log_m = torch.logaddexp(log_p_t + _log(beta), log_p_s + _log(1.0 - beta))
-        distill = (beta * _kl_from_log_probs(log_p_t, log_m)
-                   + (1.0 - beta) * _kl_from_log_probs(log_p_s, log_m))
+        log_m = _log_mixture(log_p_t + _log(beta), log_p_s + _log(1.0 - beta))
+        distill = torch.zeros_like(log_m[..., 0])
+        if beta > 0:
+            distill = distill + beta * _kl_from_log_probs(log_p_t, log_m)
+        if beta < 1:
+            distill = distill + (1.0 - beta) * _kl_from_log_probs(log_p_s, log_m)
     per_row = temperature**2 * distill
     if labels is not None and alpha < 1.0:
         safe_labels = torch.where(valid, labels, 0)

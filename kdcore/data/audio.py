@@ -1,0 +1,169 @@
+"""Reading audio (soundfile), mono mixdown, soxr resampling, crops and batching.
+
+Training takes a random fixed-length crop (zero-padded when the clip is shorter); evaluation
+takes the centre crop. With ``clip_samples=None`` items keep their length and
+:func:`collate_audio` pads the batch and returns ``lengths``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import soundfile
+import soxr
+import torch
+from torch.utils.data import Dataset
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+
+class AudioReadError(ValueError):
+    """A file could not be read as audio (unreadable, corrupt or empty). Names the file."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+class AudioExample(NamedTuple):
+    """One item: ``waveform`` float32 (T,), ``label`` int, ``index`` int (position in the set)."""
+
+    waveform: torch.Tensor
+    label: int
+    index: int
+
+
+class AudioBatch(NamedTuple):
+    """A padded batch: ``waveforms`` float32 (B, T_max), ``labels`` int64 (B,), ``lengths``
+    int64 (B,) valid samples per row, ``indices`` int64 (B,) dataset positions."""
+
+    waveforms: torch.Tensor
+    labels: torch.Tensor
+    lengths: torch.Tensor
+    indices: torch.Tensor
+
+
+def probe_audio(path: str | os.PathLike) -> int:
+    """Frames in ``path`` from its header; raises :class:`AudioReadError` when the file is
+    missing, unreadable or has no samples."""
+    try:
+        info = soundfile.info(str(path))
+    except Exception as error:  # soundfile raises several types for bad files
+        raise AudioReadError(path, f"cannot read audio header ({error})") from None
+    if info.frames <= 0:
+        raise AudioReadError(path, "file has no audio samples")
+    return int(info.frames)
+
+
+def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
+    """soxr (high quality) resampling of a mono float32 (T,) array; output length is
+    ``ceil(T * target / orig)`` as soxr returns it."""
+    if orig_rate == target_rate:
+        return waveform
+    return soxr.resample(waveform, orig_rate, target_rate, quality="HQ").astype(np.float32)
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.ndarray:
+    """Read WAV/FLAC/OGG as mono float32 (T,), channels averaged, resampled with soxr to
+    ``sample_rate`` (kept as is when None). Raises :class:`AudioReadError` naming the file."""
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as error:
+        raise AudioReadError(path, f"cannot decode audio ({error})") from None
+    if data.shape[0] == 0:
+        raise AudioReadError(path, "file has no audio samples")
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if not np.all(np.isfinite(mono)):
+        raise AudioReadError(path, "audio contains NaN or infinite samples")
+    if sample_rate is not None:
+        mono = resample(np.ascontiguousarray(mono), int(rate), int(sample_rate))
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def random_crop(waveform: torch.Tensor, length: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random window of ``length`` samples from (T,); zero-padded at a random offset when
+    T < length."""
+    total = waveform.shape[-1]
+    if total >= length:
+        start = int(torch.randint(0, total - length + 1, (1,), generator=generator))
+        return waveform[..., start:start + length]
+    before = int(torch.randint(0, length - total + 1, (1,), generator=generator))
+    return torch.nn.functional.pad(waveform, (before, length - total - before))
+
+
+def center_crop(waveform: torch.Tensor, length: int) -> torch.Tensor:
+    """The centre ``length`` samples of (T,), or the clip zero-padded equally on both sides."""
+    total = waveform.shape[-1]
+    if total >= length:
+        start = (total - length) // 2
+        return waveform[..., start:start + length]
+    before = (length - total) // 2
+    return torch.nn.functional.pad(waveform, (before, length - total - before))
+
+
+def collate_audio(batch: Sequence[AudioExample]) -> AudioBatch:
+    """Stack :class:`AudioExample` items into an :class:`AudioBatch`, zero-padding to the
+    longest waveform."""
+    if len(batch) == 0:
+        raise ValueError("batch must not be empty")
+    lengths = torch.tensor([item[0].shape[-1] for item in batch], dtype=torch.long)
+    waveforms = torch.zeros(len(batch), int(lengths.max()), dtype=torch.float32)
+    for row, item in enumerate(batch):
+        waveforms[row, : item[0].shape[-1]] = item[0]
+    labels = torch.tensor([int(item[1]) for item in batch], dtype=torch.long)
+    indices = torch.tensor([int(item[2]) for item in batch], dtype=torch.long)
+    return AudioBatch(waveforms, labels, lengths, indices)
+
+
+class AudioFileDataset(Dataset):
+    """Audio files with integer labels as a Dataset of :class:`AudioExample`.
+
+    Args:
+        paths: audio files (WAV/FLAC/OGG).
+        labels: class index per file.
+        sample_rate: target rate in Hz (soxr resampling).
+        clip_samples: fixed output length; None keeps each clip's length (use
+            :func:`collate_audio`).
+        train: random crop/pad when True, centre crop when False.
+        preload: decode every file once at construction and keep it in memory.
+        generator: random source for training crops.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence[int], *,
+                 sample_rate: int = 16000, clip_samples: int | None = None,
+                 train: bool = False, preload: bool = False,
+                 generator: torch.Generator | None = None) -> None:
+        if len(paths) != len(labels):
+            raise ValueError(f"paths and labels must have the same length, got {len(paths)} "
+                             f"and {len(labels)}")
+        if not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        if clip_samples is not None and (not isinstance(clip_samples, int) or clip_samples < 1):
+            raise ValueError(f"clip_samples must be a positive int or None, got {clip_samples!r}")
+        self.paths = [Path(p) for p in paths]
+        self.labels = [int(label) for label in labels]
+        self.sample_rate, self.clip_samples, self.train = sample_rate, clip_samples, train
+        self.generator = generator
+        self._cache: list[torch.Tensor] | None = None
+        if preload:
+            self._cache = [self._decode(i) for i in range(len(self.paths))]
+
+    def _decode(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(read_audio(self.paths[index], self.sample_rate))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> AudioExample:
+        waveform = self._cache[index] if self._cache is not None else self._decode(index)
+        if self.clip_samples is not None:
+            if self.train:
+                waveform = random_crop(waveform, self.clip_samples, self.generator)
+            else:
+                waveform = center_crop(waveform, self.clip_samples)
+        return AudioExample(waveform.contiguous(), self.labels[index], index)
