@@ -1,0 +1,50 @@
+"""Audio data: dataset sources (class folders, CSV manifests), reading and resampling, splits,
+the embedded :class:`SyntheticAudio` set and on-device augmentation."""
+
+from kdcore.data import augment
+from kdcore.data.audio import (
+    AUDIO_EXTENSIONS,
+    AudioBatch,
+    AudioExample,
+    AudioFileDataset,
+    AudioReadError,
+    center_crop,
+    collate_audio,
+    probe_audio,
+    random_crop,
+    read_audio,
+    resample,
+)
+from kdcore.data.sources import (
+    AudioRecord,
+    AudioSource,
+    ManifestError,
+    SkippedEntry,
+    load_source,
+)
+from kdcore.data.splits import group_split, split_from_column, stratified_split
+from kdcore.data.synthetic import SyntheticAudio
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioBatch",
+    "AudioExample",
+    "AudioFileDataset",
+    "AudioReadError",
+    "AudioRecord",
+    "AudioSource",
+    "ManifestError",
+    "SkippedEntry",
+    "SyntheticAudio",
+    "augment",
+    "center_crop",
+    "collate_audio",
+    "group_split",
+    "load_source",
+    "probe_audio",
+    "random_crop",
+    "read_audio",
+    "resample",
+    "split_from_column",
+    "stratified_split",
+]

@@ -1,0 +1,20 @@
+"""Evaluation reports: classification report (text, JSON), confusion-matrix PNG, multi-label
+mAP. Needs the ``report`` extra (scikit-learn, matplotlib)."""
+
+from kdcore.eval.report import (
+    ClassificationReport,
+    ClassScores,
+    MultiLabelReport,
+    classification_report,
+    multilabel_report,
+    save_confusion_png,
+)
+
+__all__ = [
+    "ClassScores",
+    "ClassificationReport",
+    "MultiLabelReport",
+    "classification_report",
+    "multilabel_report",
+    "save_confusion_png",
+]

@@ -1,0 +1,59 @@
+"""Model zoo. Every model maps log-mel features (B, n_mels, frames) to logits
+(B, num_classes) and reports ``num_parameters()`` and ``macs(frames)``.
+
+=================  ==================================================  ======================
+name               model                                               size knob
+=================  ==================================================  ======================
+``teacher_cnn``    :class:`TeacherCNN`, VGG-style                      ``width`` 30..260: ~1M..78M
+``student_dscnn``  :class:`StudentDSCNN`, depthwise separable          ``width`` 24..200: ~20k..1.1M
+``transformer``    :class:`AudioTransformer`, pre-norm encoder         ``dim``, ``depth``
+``hf``             :class:`HFAudioClassifier`, local HF model dir      ``path`` (kdcore[hf])
+=================  ==================================================  ======================
+"""
+
+from __future__ import annotations
+
+from kdcore.models.attention import AudioTransformer
+from kdcore.models.base import AudioClassifier, count_macs, count_parameters
+from kdcore.models.cnn import StudentDSCNN, TeacherCNN
+from kdcore.models.hf import HFAudioClassifier
+
+MODELS: dict[str, type[AudioClassifier]] = {
+    "teacher_cnn": TeacherCNN,
+    "student_dscnn": StudentDSCNN,
+    "transformer": AudioTransformer,
+    "hf": HFAudioClassifier,
+}
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`create`."""
+    return sorted(MODELS)
+
+
+def create(name: str, num_classes: int, **kwargs: object) -> AudioClassifier:
+    """Build model ``name`` for ``num_classes`` classes; ``kwargs`` go to its constructor.
+    Raises ValueError for an unknown name and TypeError for an unknown keyword."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    model_class = MODELS[name]
+    try:
+        return model_class(num_classes, **kwargs)
+    except TypeError as error:
+        if "unexpected keyword" in str(error):
+            raise TypeError(f"model {name!r}: {error}") from None
+        raise
+
+
+__all__ = [
+    "MODELS",
+    "AudioClassifier",
+    "AudioTransformer",
+    "HFAudioClassifier",
+    "StudentDSCNN",
+    "TeacherCNN",
+    "available_models",
+    "count_macs",
+    "count_parameters",
+    "create",
+]
