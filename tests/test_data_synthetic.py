@@ -1,0 +1,159 @@
+"""SyntheticAudio determinism and class cues; on-device augmentations against numpy
+references."""
+
+import numpy as np
+import pytest
+import torch
+
+from kdcore.data import SyntheticAudio, collate_audio
+from kdcore.data.augment import (
+    add_noise,
+    mix_targets,
+    mixup,
+    random_gain,
+    random_shift,
+    spec_augment,
+)
+from kdcore.data.synthetic import CLASS_NAMES
+
+
+def test_synthetic_is_deterministic_by_seed_and_split():
+    first = SyntheticAudio(20, seed=7, sample_rate=8000, duration=0.5)
+    again = SyntheticAudio(20, seed=7, sample_rate=8000, duration=0.5, cache=False)
+    for index in (13, 0, 5, 13):  # access order must not matter
+        a, b = first[index], again[index]
+        assert a.waveform.dtype == torch.float32 and a.waveform.shape == (4000,)
+        assert torch.equal(a.waveform, b.waveform) and a.label == b.label == index % 16
+        assert a.index == index
+    other_seed = SyntheticAudio(20, seed=8, sample_rate=8000, duration=0.5)
+    other_split = SyntheticAudio(20, seed=7, split="test", sample_rate=8000, duration=0.5)
+    for index in range(4):
+        assert not torch.allclose(first[index].waveform, other_seed[index].waveform)
+        assert not torch.allclose(first[index].waveform, other_split[index].waveform)
+
+
+def test_synthetic_clips_are_sane_and_balanced():
+    data = SyntheticAudio(32, seed=1, sample_rate=16000, duration=1.0)
+    assert data.num_classes == len(CLASS_NAMES) == 16 and len(data) == 32
+    assert np.bincount(data.labels).tolist() == [2] * 16
+    batch = collate_audio([data[i] for i in range(32)])
+    assert batch.waveforms.shape == (32, 16000)
+    peaks = batch.waveforms.abs().amax(dim=1)
+    assert torch.all(peaks <= 1.0) and torch.all(peaks > 0.05)
+    assert torch.isfinite(batch.waveforms).all()
+    with pytest.raises(ValueError, match="split"):
+        SyntheticAudio(4, split="dev")
+    with pytest.raises(ValueError, match="num_examples"):
+        SyntheticAudio(0)
+
+
+def _spectral_peak_track(wave: np.ndarray, rate: int) -> np.ndarray:
+    """Frequency of the strongest bin below 1.2 kHz per 64 ms frame with energy."""
+    frame, hop = 1024, 512
+    window = np.hanning(frame)
+    freqs = np.fft.rfftfreq(frame, 1 / rate)
+    band = freqs < 1200
+    peaks, energies = [], []
+    for start in range(0, wave.size - frame, hop):
+        spectrum = np.abs(np.fft.rfft(wave[start:start + frame] * window))[band]
+        peaks.append(freqs[band][np.argmax(spectrum)])
+        energies.append(spectrum.max())
+    energies = np.asarray(energies)
+    return np.asarray(peaks)[energies > 0.3 * energies.max()]
+
+
+def test_synthetic_rising_and_falling_contours_move_pitch():
+    from kdcore.data.synthetic import synthesize
+
+    moves = {"rise": [], "fall": []}
+    for contour in moves:
+        label = CLASS_NAMES.index(f"full-{contour}-steady")
+        for seed in range(6):
+            clip = synthesize(np.random.default_rng(seed), label, 16000, 16000,
+                              snr_db=(30.0, 30.0))
+            track = _spectral_peak_track(clip, 16000)
+            moves[contour].append(np.log2(track[-2:].mean() / track[:2].mean()))
+    assert np.median(moves["rise"]) > 0.15 and np.median(moves["fall"]) < -0.15
+
+
+def test_gain_and_shift_match_numpy():
+    generator = torch.Generator().manual_seed(0)
+    waves = torch.randn(5, 37)
+    gained = random_gain(waves, (-6.0, 6.0), generator)
+    ratio = (gained / waves).numpy()
+    assert np.allclose(ratio, ratio[:, :1], rtol=1e-5)
+    assert np.all(np.abs(20 * np.log10(ratio[:, 0])) <= 6.0 + 1e-4)
+
+    shifted = random_shift(waves, 6, torch.Generator().manual_seed(3)).numpy()
+    source = waves.numpy()
+    for row in range(5):
+        matches = []
+        for shift in range(-6, 7):
+            expected = np.zeros(37, dtype=np.float32)
+            if shift >= 0:
+                expected[shift:] = source[row, : 37 - shift]
+            else:
+                expected[:shift] = source[row, -shift:]
+            matches.append(np.array_equal(shifted[row], expected))
+        assert sum(matches) == 1
+
+
+def test_noise_reaches_requested_snr_and_respects_lengths():
+    waves = torch.randn(4, 20000) * torch.tensor([[0.1], [1.0], [3.0], [0.5]])
+    lengths = torch.tensor([20000, 20000, 20000, 8000])
+    waves[3, 8000:] = 0
+    noisy = add_noise(waves, (20.0, 20.0), lengths=lengths,
+                      generator=torch.Generator().manual_seed(0))
+    noise = (noisy - waves).double().numpy()
+    signal = waves.double().numpy()
+    for row, length in enumerate(lengths.tolist()):
+        snr = 10 * np.log10(np.mean(signal[row, :length] ** 2) / np.mean(noise[row, :length] ** 2))
+        assert abs(snr - 20.0) < 0.3
+    assert np.all(noise[3, 8000:] == 0)
+
+
+def test_mixup_weights_and_targets_are_consistent():
+    generator = torch.Generator().manual_seed(5)
+    inputs = torch.randn(64, 3, 11)
+    mixed, lam, perm = mixup(inputs, alpha=0.4, generator=generator)
+    assert lam.shape == (64,) and torch.all(lam >= 0.5) and torch.all(lam <= 1.0)
+    assert sorted(perm.tolist()) == list(range(64))
+    lam64, x64 = lam.double().numpy(), inputs.double().numpy()
+    expected = lam64[:, None, None] * x64 + (1 - lam64[:, None, None]) * x64[perm.numpy()]
+    assert np.allclose(mixed.double().numpy(), expected, atol=1e-5)
+    # Beta(0.4, 0.4) folded to [0.5, 1]: mean 0.5 + E|X - 0.5|, about 0.78 here.
+    many = mixup(torch.zeros(5000, 1), alpha=0.4, generator=generator)[1].double().numpy()
+    samples = np.random.default_rng(0).beta(0.4, 0.4, 200000)
+    assert abs(many.mean() - np.maximum(samples, 1 - samples).mean()) < 0.01
+
+    labels = torch.randint(0, 10, (64,), generator=generator)
+    one_hot = torch.nn.functional.one_hot(labels, 10).float()
+    mixed_targets = mix_targets(one_hot, lam, perm).double().numpy()
+    rows = np.arange(64)
+    expected_targets = np.zeros((64, 10))
+    np.add.at(expected_targets, (rows, labels.numpy()), lam64)
+    np.add.at(expected_targets, (rows, labels.numpy()[perm.numpy()]), 1 - lam64)
+    assert np.allclose(mixed_targets, expected_targets, atol=1e-6)
+    assert np.allclose(mixed_targets.sum(1), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="lam and perm"):
+        mix_targets(one_hot[:3], lam, perm)
+
+
+def test_spec_augment_masks_bands_within_valid_frames():
+    features = torch.randn(6, 40, 50) - 10.0
+    lengths = torch.tensor([50, 50, 30, 20, 50, 10])
+    out = spec_augment(features, freq_masks=1, freq_width=6, time_masks=1, time_width=8,
+                       lengths=lengths, fill="zero", generator=torch.Generator().manual_seed(2))
+    masked = (out == 0).numpy()
+    assert masked.any()
+    for row in range(6):
+        full_rows = masked[row].all(axis=1)
+        full_cols = masked[row].all(axis=0)
+        assert full_rows.sum() <= 6 and full_cols.sum() <= 8
+        assert not full_cols[lengths[row]:].any()
+        explained = full_rows[:, None] | full_cols[None, :]
+        assert np.array_equal(masked[row], explained)
+    unchanged = ~torch.from_numpy(masked)
+    assert torch.equal(out[unchanged], features[unchanged])
+    with pytest.raises(ValueError, match="features"):
+        spec_augment(torch.randn(3, 4))
