@@ -61,6 +61,9 @@ def register_fused_autograd(op: torch.library.CustomOpDef, num_inputs: int,
         ctx.kdcore_shapes = (inputs[0].shape, inputs[1].shape)
 
     def backward(ctx, grad_loss, _unused_student, _unused_teacher):
+        if getattr(ctx, "kdcore_consumed", False) and ctx.kdcore_backend == "triton":
+            # Checked before ctx.saved_tensors, whose version check would fire first.
+            apply_grad_output(None, grad_loss, ctx.kdcore_backend, ctx)
         grad_student, grad_teacher = ctx.saved_tensors
         grads = [None] * num_inputs
         for index, (name, grad) in enumerate((("student", grad_student),
