@@ -1,8 +1,10 @@
 """kdcore: compiled-kernel accelerated knowledge distillation for audio models."""
 
 from kdcore._backends import BACKENDS, BackendUnavailableError
+from kdcore.frontend import LogMel
 from kdcore.losses import FeatureLoss, KDBCELoss, KDLoss
 from kdcore.ops import feature_loss, kd_bce_loss, kd_loss
+from kdcore.ops.log_mel import log_mel, mel_filterbank, num_frames
 
 __version__ = "0.1.0"
 
@@ -12,7 +14,11 @@ __all__ = [
     "FeatureLoss",
     "KDBCELoss",
     "KDLoss",
+    "LogMel",
     "feature_loss",
     "kd_bce_loss",
     "kd_loss",
+    "log_mel",
+    "mel_filterbank",
+    "num_frames",
 ]

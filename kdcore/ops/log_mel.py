@@ -551,6 +551,7 @@ def log_mel(waveform: torch.Tensor, *, sample_rate: int = 16000, n_fft: int = 40
                           remove_dc_offset=remove_dc_offset, shift=shift, divisor=divisor)
     if not isinstance(drop_last_frame, bool):
         raise TypeError(f"drop_last_frame must be a bool, got {type(drop_last_frame).__name__}")
+    warn_if_empty_filters(config)
     return _log_mel(waveform, config, lengths, backend, drop_last_frame)
 
 
@@ -562,7 +563,7 @@ def warn_if_empty_filters(config: LogMelConfig) -> None:
             f"({config.n_mels}) may be set too high. Or, the value for `n_freqs` "
             f"({config.n_freqs}) may be set too low.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=3,
         )
 
 
@@ -576,7 +577,6 @@ def _log_mel(waveform: torch.Tensor, config: LogMelConfig, lengths: torch.Tensor
              backend: str, drop_last_frame: bool = False) -> torch.Tensor:
     """:func:`log_mel` on checked ``config`` (used by :class:`kdcore.LogMel`)."""
     _check_waveform(waveform)
-    warn_if_empty_filters(config)
     unbatched = waveform.dim() == 1
     batch = waveform.unsqueeze(0) if unbatched else waveform
     size, samples = batch.shape

@@ -1,0 +1,157 @@
+"""Fused log-mel: waveform to (B, n_mels, frames) in one kernel.
+
+Each program takes ``BLOCK_T`` frames of one item. Frame samples are read straight from the
+unpadded waveform (the centre/edge padding is an index map, so no padded copy and no frame
+tensor exist in memory). For each tile of ``BLOCK_F`` frequency bins:
+
+    re, im = frames @ basis[0], frames @ basis[1]    # (BLOCK_T, win) x (win, BLOCK_F), tl.dot
+    mel   += (re^2 + im^2)^(power/2) @ filterbank    # (BLOCK_T, BLOCK_F) x (BLOCK_F, M), tl.dot
+
+The basis has the window, DC removal and pre-emphasis folded in (``kdcore.ops.log_mel.
+dft_basis``). The log and ``(y + shift)/divisor`` are the epilogue; padded frames get
+``pad_value``; the output is written once, transposed to (n_mels, frames).
+
+``precision`` picks the ``tl.dot`` mode: ``"ieee"``, ``"tf32x3"``, ``"tf32"``, or ``"bf16"``
+(operands cast to bf16, fp32 accumulation).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_F = 32
+BLOCK_K = 32
+
+
+@triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr):
+    if PRECISION == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    else:
+        return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _log_mel_kernel(x_ptr, lengths_ptr, valid_ptr, basis_ptr, fb_ptr, out_ptr,
+                    samples, n_frames, hop, lead, n_mels, power, log_eps, shift, divisor,
+                    pad_value,
+                    N_FFT: tl.constexpr, WIN: tl.constexpr, WIN_PAD: tl.constexpr,
+                    F_PAD: tl.constexpr, M_PAD: tl.constexpr, PAD_MODE: tl.constexpr,
+                    POWER_MODE: tl.constexpr, LOG_MODE: tl.constexpr, AFFINE: tl.constexpr,
+                    PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+    item = tl.program_id(0)
+    tile = tl.program_id(1)
+    length = tl.load(lengths_ptr + item).to(tl.int32)
+    valid = tl.load(valid_ptr + item).to(tl.int32)
+    frames = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+    frame_ok = frames < valid
+    starts = frames * hop - lead
+    x_item = x_ptr + item.to(tl.int64) * samples
+    bins = tl.arange(0, BLOCK_F)
+    taps = tl.arange(0, BLOCK_K)
+    mels = tl.arange(0, M_PAD)
+    # reflect/circular periods, and offsets that make every position non-negative before `%`
+    period = tl.maximum(2 * (length - 1), 1)
+    reflect_shift = period * (N_FFT // period + 1)
+    circular_shift = length * (N_FFT // length + 1)
+
+    mel = tl.zeros((BLOCK_T, M_PAD), dtype=tl.float32)
+    for f0 in range(0, F_PAD, BLOCK_F):
+        re = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.float32)
+        im = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.float32)
+        for k0 in range(0, WIN_PAD, BLOCK_K):
+            tap = k0 + taps
+            position = starts[:, None] + tap[None, :]
+            load_ok = frame_ok[:, None] & (tap[None, :] < WIN)
+            if PAD_MODE == 0:  # constant: zeros outside
+                load_ok = load_ok & (position >= 0) & (position < length)
+                source = position
+            elif PAD_MODE == 1:  # reflect, any pad size
+                folded = (position + reflect_shift) % period
+                source = tl.where(folded < length, folded, period - folded)
+                source = tl.minimum(source, length - 1)
+            elif PAD_MODE == 2:  # replicate
+                source = tl.minimum(tl.maximum(position, 0), length - 1)
+            else:  # circular
+                source = (position + circular_shift) % length
+            chunk = tl.load(x_item + source, mask=load_ok, other=0.0).to(tl.float32)
+            basis_offsets = tap[:, None] * F_PAD + (f0 + bins)[None, :]
+            cos_tile = tl.load(basis_ptr + basis_offsets)
+            sin_tile = tl.load(basis_ptr + WIN_PAD * F_PAD + basis_offsets)
+            re = _dot(chunk, cos_tile, re, PRECISION)
+            im = _dot(chunk, sin_tile, im, PRECISION)
+        spectrum = re * re + im * im
+        if POWER_MODE == 1:
+            spectrum = tl.sqrt(spectrum)
+        elif POWER_MODE == 2:
+            safe = tl.maximum(spectrum, 1e-30)
+            spectrum = tl.where(spectrum > 0.0, tl.exp(0.5 * power * tl.log(safe)), 0.0)
+        fb_tile = tl.load(fb_ptr + (f0 + bins)[:, None] * M_PAD + mels[None, :])
+        mel = _dot(spectrum, fb_tile, mel, PRECISION)
+
+    if LOG_MODE == 1:
+        mel = tl.log(mel + log_eps)
+    elif LOG_MODE == 2:
+        mel = tl.log(tl.maximum(mel, log_eps))
+    elif LOG_MODE == 3:
+        mel = tl.log(tl.maximum(mel, log_eps)) * 0.4342944819032518
+    elif LOG_MODE == 4:
+        mel = tl.log(tl.maximum(mel, 1e-10)) * 4.342944819032518
+    if AFFINE:
+        mel = (mel + shift) / divisor
+    mel = tl.where(frame_ok[:, None], mel, pad_value)
+    out_offsets = (item.to(tl.int64) * n_mels * n_frames + mels[None, :] * n_frames
+                   + frames[:, None])
+    tl.store(out_ptr + out_offsets, mel, mask=(frames[:, None] < n_frames)
+             & (mels[None, :] < n_mels))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return (value + multiple - 1) // multiple * multiple
+
+
+def log_mel_tables(basis: torch.Tensor, filterbank: torch.Tensor) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
+    """Zero-pad (2, win, F) ``basis`` and (F, M) ``filterbank`` to the kernel's tiles, in fp32:
+    (2, win_pad, F_pad) and (F_pad, M_pad) with M_pad a power of two >= 16."""
+    _, win, n_freqs = basis.shape
+    win_pad, f_pad = _round_up(win, BLOCK_K), _round_up(n_freqs, BLOCK_F)
+    m_pad = max(16, triton.next_power_of_2(filterbank.shape[1]))
+    basis_padded = basis.new_zeros((2, win_pad, f_pad), dtype=torch.float32)
+    basis_padded[:, :win, :n_freqs] = basis
+    fb_padded = filterbank.new_zeros((f_pad, m_pad), dtype=torch.float32)
+    fb_padded[:n_freqs, :filterbank.shape[1]] = filterbank
+    return basis_padded, fb_padded
+
+
+def log_mel_forward(waveform: torch.Tensor, lengths: torch.Tensor, valid_frames: torch.Tensor,
+                    basis: torch.Tensor, filterbank: torch.Tensor, *, n_fft: int,
+                    win_length: int, hop_length: int, lead: int, n_mels: int, n_frames: int,
+                    pad_mode: int, power: float, log_mode: int, log_eps: float, shift: float,
+                    divisor: float, pad_value: float, precision: str) -> torch.Tensor:
+    """(B, n_mels, n_frames) fp32 log-mel of (B, T) ``waveform`` (fp32/bf16/fp16, contiguous).
+
+    ``basis``/``filterbank`` come from :func:`log_mel_tables`; ``lengths``/``valid_frames`` are
+    (B,) int valid samples/frames; ``pad_mode``: 0 constant, 1 reflect, 2 replicate,
+    3 circular; ``log_mode``: 0 none, 1 ln, 2 ln_clamp, 3 log10_clamp, 4 db."""
+    batch, samples = waveform.shape
+    out = torch.empty((batch, n_mels, n_frames), dtype=torch.float32, device=waveform.device)
+    if batch == 0 or n_frames == 0:
+        return out
+    _, win_pad, f_pad = basis.shape
+    m_pad = filterbank.shape[1]
+    block_t = 64 if batch * n_frames >= 64 * 512 else 32
+    power_mode = 0 if power == 2.0 else 1 if power == 1.0 else 2
+    grid = (batch, triton.cdiv(n_frames, block_t))
+    _log_mel_kernel[grid](
+        waveform, lengths, valid_frames, basis, filterbank, out,
+        samples, n_frames, hop_length, lead, n_mels, float(power), float(log_eps),
+        float(shift), float(divisor), float(pad_value),
+        N_FFT=n_fft, WIN=win_length, WIN_PAD=win_pad, F_PAD=f_pad, M_PAD=m_pad,
+        PAD_MODE=pad_mode, POWER_MODE=power_mode, LOG_MODE=log_mode,
+        AFFINE=shift != 0.0 or divisor != 1.0, PRECISION=precision, BLOCK_T=block_t,
+        BLOCK_F=BLOCK_F, BLOCK_K=BLOCK_K, num_warps=4 if block_t == 32 else 8)
+    return out
