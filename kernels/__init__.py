@@ -31,5 +31,3 @@ __all__ = [
     "log_mel_tables",
     "scale_grad_",
 ]
-
-from .log_mel import log_mel_forward, log_mel_tables  # noqa: E402
