@@ -1,0 +1,129 @@
+"""Model factory: shapes, parameter counts against hand-counted formulas, MAC counts, size
+ranges, errors, and the optional HuggingFace wrapper (skipped without transformers)."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from kdcore import models
+from kdcore.models import StudentDSCNN, TeacherCNN, available_models, create
+
+NUM_CLASSES = 7
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("teacher_cnn", {"width": 8, "n_mels": 40}),
+    ("student_dscnn", {"width": 8, "n_mels": 40}),
+    ("transformer", {"dim": 32, "depth": 2, "heads": 2, "n_mels": 40}),
+])
+def test_forward_shapes_and_gradients(name, kwargs):
+    model = create(name, NUM_CLASSES, **kwargs)
+    for frames in (1, 37, 101):
+        features = torch.randn(3, 40, frames) * 4 - 8
+        logits = model(features)
+        assert logits.shape == (3, NUM_CLASSES) and torch.isfinite(logits).all()
+    logits.square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match=r"features must have shape \(B, 40, frames\)"):
+        model(torch.randn(3, 64, 20))
+    rebuilt = create(name, NUM_CLASSES, **model.config())
+    assert rebuilt.num_parameters() == model.num_parameters()
+
+
+def _bn(channels: int) -> int:
+    return 2 * channels
+
+
+def test_teacher_parameter_count_matches_formula():
+    width, mels = 5, 16
+    channels = [width, 2 * width, 4 * width, 8 * width]
+    expected = _bn(mels)
+    for cin, cout in zip([1] + channels[:-1], channels, strict=True):
+        expected += 9 * cin * cout + _bn(cout) + 9 * cout * cout + _bn(cout)
+    expected += channels[-1] * NUM_CLASSES + NUM_CLASSES
+    assert TeacherCNN(NUM_CLASSES, n_mels=mels, width=width).num_parameters() == expected
+
+
+def test_student_parameter_count_matches_formula():
+    width, mels = 6, 16
+    expected = _bn(mels) + 9 * width + _bn(width)
+    for cin, cout in [(width, width), (width, 2 * width), (2 * width, 4 * width),
+                      (4 * width, 4 * width)]:
+        expected += 9 * cin + _bn(cin) + cin * cout + _bn(cout)
+    expected += 4 * width * NUM_CLASSES + NUM_CLASSES
+    assert StudentDSCNN(NUM_CLASSES, n_mels=mels, width=width).num_parameters() == expected
+
+
+def test_size_ranges_cover_the_documented_scales():
+    with torch.device("meta"):  # no memory for the 80M model
+        teacher_small = TeacherCNN(10, width=30).num_parameters()
+        teacher_large = TeacherCNN(10, width=260).num_parameters()
+        student_small = StudentDSCNN(10, width=24).num_parameters()
+        student_large = StudentDSCNN(10, width=200).num_parameters()
+    assert 0.9e6 < teacher_small < 1.2e6 and 70e6 < teacher_large < 85e6
+    assert 18e3 < student_small < 25e3 and 0.9e6 < student_large < 1.3e6
+
+
+def test_macs_match_hand_count_for_the_student():
+    width, mels, frames = 4, 16, 20
+    model = StudentDSCNN(3, n_mels=mels, width=width)
+    # stem stride 2: 16x20 -> 8x10; block 2 -> 4x5; block 3 -> 2x3; block 4 keeps 2x3.
+    expected = 8 * 10 * width * 9
+    for (cin, cout), (f, t) in zip([(4, 4), (4, 8), (8, 16), (16, 16)],
+                                   [(8, 10), (4, 5), (2, 3), (2, 3)], strict=True):
+        expected += f * t * (9 * cin + cin * cout)
+    expected += 16 * 3
+    assert model.macs(frames) == expected
+    assert model.macs(frames, batch_size=4) == 4 * expected
+
+
+def test_transformer_macs_include_attention():
+    dim, depth, mels, frames = 16, 2, 8, 20
+    model = create("transformer", 3, dim=dim, depth=depth, heads=2, n_mels=mels)
+    tokens = frames // 2
+    per_layer = tokens * (3 * dim * dim + dim * dim + 8 * dim * dim) + 2 * tokens * tokens * dim
+    expected = tokens * mels * 3 * dim + depth * per_layer + dim * 3
+    assert model.macs(frames) == expected
+
+
+def test_factory_errors_are_clear():
+    assert {"teacher_cnn", "student_dscnn", "transformer", "hf"} <= set(available_models())
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'.*student_dscnn"):
+        create("resnet9000", 10)
+    with pytest.raises(TypeError, match="model 'student_dscnn'.*depth"):
+        create("student_dscnn", 10, depth=3)
+    with pytest.raises(ValueError, match="width"):
+        create("teacher_cnn", 10, width=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        create("transformer", 1)
+    assert models.count_parameters(torch.nn.Linear(3, 2)) == 8
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                    reason="transformers not installed (pip install 'kdcore[hf]')")
+def test_hf_wrapper_loads_local_tiny_ast(tmp_path):
+    from transformers import ASTConfig, ASTForAudioClassification
+
+    config = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, num_mel_bins=32, max_length=48,
+                       frequency_stride=16, time_stride=16, num_labels=5)
+    torch.manual_seed(0)
+    reference = ASTForAudioClassification(config).eval()
+    reference.save_pretrained(tmp_path)
+
+    wrapped = create("hf", 5, path=tmp_path).eval()
+    assert wrapped.n_mels == 32
+    assert wrapped.num_parameters() == sum(p.numel() for p in reference.parameters())
+    features = torch.randn(2, 32, 40)
+    with torch.no_grad():
+        ours = wrapped(features)
+        padded = torch.nn.functional.pad(features, (0, 8)).transpose(1, 2)
+        theirs = reference(input_values=padded).logits
+    assert ours.shape == (2, 5)
+    torch.testing.assert_close(ours, theirs)
+    assert wrapped.macs(40) > 0
+    with pytest.raises(ValueError, match="num_classes=3.*5 labels"):
+        create("hf", 3, path=tmp_path)
+    with pytest.raises(ValueError, match="config.json"):
+        create("hf", 5, path=tmp_path / "nowhere")
