@@ -40,6 +40,13 @@ def warps_for_block(block: int) -> int:
     return 32
 
 
+def elementwise_block(n_cols: int) -> tuple[int, int]:
+    """(block, num_warps) for kernels that map one program to a block of one row's elements:
+    about 4 elements a thread, which keeps the sigmoid/softplus maths free of register spills."""
+    block = min(next_pow2(n_cols), 1024)
+    return block, max(1, min(8, block // 128))
+
+
 def next_pow2(value: int) -> int:
     return triton.next_power_of_2(max(int(value), 1))
 

@@ -19,6 +19,7 @@ from ._common import (
     check_logit_pair,
     check_rows,
     compute_dtypes,
+    elementwise_block,
     next_pow2,
     split_float,
     warps_for_block,
@@ -26,7 +27,6 @@ from ._common import (
 
 KINDS = ("mse", "l1", "cosine")
 COSINE_EPS = 1e-8
-ELEMENT_BLOCK_MAX = 2048
 ROW_BLOCK_MAX = 4096
 
 
@@ -189,9 +189,9 @@ def feature_loss_forward(student: torch.Tensor, teacher: torch.Tensor,
             BLOCK=block, num_warps=warps_for_block(block), **common,
         )
     else:
-        block = min(next_pow2(n_cols), ELEMENT_BLOCK_MAX)
+        block, num_warps = elementwise_block(n_cols)
         _elementwise_kernel[(rows, triton.cdiv(n_cols, block))](
             *pointers, n_cols, student.stride(0), teacher.stride(0),
-            KIND=int(kind), BLOCK=block, num_warps=warps_for_block(block), **common,
+            KIND=int(kind), BLOCK=block, num_warps=num_warps, **common,
         )
     return loss, grad_student, grad_teacher

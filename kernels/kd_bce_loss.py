@@ -22,12 +22,9 @@ from ._common import (
     check_logit_pair,
     check_rows,
     compute_dtypes,
-    next_pow2,
+    elementwise_block,
     split_float,
-    warps_for_block,
 )
-
-MAX_BLOCK = 2048
 
 
 @triton.jit
@@ -164,7 +161,7 @@ def kd_bce_loss_forward(student: torch.Tensor, teacher: torch.Tensor,
 
     has_ce = labels is not None
     kd_weight = float(alpha) if has_ce else 1.0
-    block = min(next_pow2(n_cols), MAX_BLOCK)
+    block, num_warps = elementwise_block(n_cols)
     _kd_bce_kernel[(rows, triton.cdiv(n_cols, block))](
         student, teacher,
         labels if has_ce else loss,
@@ -178,6 +175,6 @@ def kd_bce_loss_forward(student: torch.Tensor, teacher: torch.Tensor,
         *split_float(1.0 - kd_weight if has_ce else 0.0),
         HAS_CE=has_ce, HAS_VALID=valid is not None, HAS_SCALE=grad_scale is not None,
         STUDENT_GRAD=bool(student_grad), TEACHER_GRAD=bool(teacher_grad),
-        BLOCK=block, ACC=acc_dtype, num_warps=warps_for_block(block),
+        BLOCK=block, ACC=acc_dtype, num_warps=num_warps,
     )
     return loss, grad_student, grad_teacher

@@ -40,7 +40,7 @@ KINDS = ("kl", "reverse_kl", "jsd")
 SINGLE_BLOCK_MAX = 8192
 CHUNK = 8192
 
-NEG_INF: tl.constexpr = float("-inf")
+NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit

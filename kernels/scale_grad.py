@@ -14,7 +14,7 @@ import triton.language as tl
 
 from ._common import FLOAT_DTYPES
 
-BLOCK = 4096
+BLOCK = 2048
 SCALAR, PER_ROW, ELEMENTWISE = 0, 1, 2
 
 
