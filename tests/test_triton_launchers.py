@@ -1,0 +1,168 @@
+"""Launcher-level contracts of ``kdcore.kernels`` that the op tests do not reach: the chunked
+(streamed) path at small sizes, padded row strides, garbage in excluded rows, bad labels,
+fp64 scalars, unrequested gradients and every ``scale_grad_`` mode. Runs through the Triton
+interpreter on CPU; shapes stay small."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kdcore import _backends
+from tests.ref64 import feature_loss64, kd_bce_loss64, kd_loss64
+
+pytestmark = pytest.mark.skipif(
+    _backends.triton_unavailable_reason(torch.device("cpu")) is not None,
+    reason=f"Triton cannot run here: {_backends.triton_unavailable_reason(torch.device('cpu'))}",
+)
+
+
+@pytest.fixture
+def kernels():
+    return _backends.triton_kernels()
+
+
+@pytest.fixture
+def chunked(kernels, monkeypatch):
+    """Force the streamed multi-chunk kd_loss path with 32-wide chunks."""
+    from kdcore.kernels import kd_loss as kd_module
+
+    monkeypatch.setattr(kd_module, "SINGLE_BLOCK_MAX", 1)
+    monkeypatch.setattr(kd_module, "CHUNK", 32)
+    return kernels
+
+
+def _relative_error(actual: torch.Tensor, expected: np.ndarray) -> float:
+    got = actual.detach().double().numpy()
+    assert np.array_equal(np.isfinite(got), np.isfinite(expected))
+    finite = np.isfinite(expected)
+    return float(np.abs(got[finite] - expected[finite]).max()
+                 / max(np.abs(expected[finite]).max(), 1e-30))
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_chunked_path_with_labels_mask_teacher_grad_matches_float64(chunked, kind):
+    """100 classes in 32-wide chunks (ragged tail), T != 1 (separate CE statistics), -inf
+    classes shared by both rows, padded row stride, garbage in masked rows."""
+    rows, classes = 5, 100
+    padded_s = torch.randn(rows, classes + 7, dtype=torch.float64) * 4
+    padded_t = torch.randn(rows, classes + 7, dtype=torch.float64) * 4
+    student, teacher = padded_s[:, :classes], padded_t[:, :classes]
+    student[:, 40:50] = -np.inf
+    teacher[:, 40:50] = -np.inf
+    valid = torch.tensor([True, False, True, True, True])
+    student[1] = np.nan
+    labels = torch.tensor([3, 7, 99, 0, 64])
+    scale = torch.tensor(0.3, dtype=torch.float64)
+    loss, grad_s, grad_t = chunked.kd_loss_forward(
+        student, teacher, labels, valid, scale, 0.7, kind, 0.3, 0.6, True, True)
+    expected = kd_loss64(student.numpy(), teacher.numpy(), temperature=0.7,
+                         kind=("kl", "reverse_kl", "jsd")[kind], beta=0.3,
+                         labels=labels.numpy(), alpha=0.6, mask=valid.numpy())
+    assert _relative_error(loss, expected[0]) < 1e-12
+    assert _relative_error(grad_s, 0.3 * expected[1]) < 1e-12
+    assert _relative_error(grad_t, 0.3 * expected[2]) < 1e-12
+    assert torch.all(grad_s[1] == 0) and torch.all(grad_t[1] == 0) and loss[1] == 0
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_label_out_of_range_gives_nan_row_only(kernels, monkeypatch, streamed):
+    if streamed:
+        from kdcore.kernels import kd_loss as kd_module
+
+        monkeypatch.setattr(kd_module, "SINGLE_BLOCK_MAX", 1)
+        monkeypatch.setattr(kd_module, "CHUNK", 32)
+    student, teacher = torch.randn(3, 50), torch.randn(3, 50)
+    labels = torch.tensor([1, 50, -1])
+    loss, _, _ = kernels.kd_loss_forward(student, teacher, labels, None, None, 1.0, 0, 0.5, 0.5,
+                                         True, False)
+    assert torch.isfinite(loss[0]) and torch.isnan(loss[1]) and torch.isnan(loss[2])
+
+
+def test_fp64_scalars_are_not_rounded_to_fp32(kernels):
+    """Triton passes Python floats as fp32; fp64 inputs must still see alpha=0.3, T=0.7."""
+    student = torch.randn(4, 33, dtype=torch.float64) * 3
+    teacher = torch.randn(4, 33, dtype=torch.float64) * 3
+    labels = torch.randint(0, 33, (4,))
+    loss, grad_s, _ = kernels.kd_loss_forward(student, teacher, labels, None, None, 0.7, 2, 0.3,
+                                              0.3, True, False)
+    expected = kd_loss64(student.numpy(), teacher.numpy(), temperature=0.7, kind="jsd",
+                         beta=0.3, labels=labels.numpy(), alpha=0.3)
+    assert _relative_error(loss, expected[0]) < 1e-13
+    assert _relative_error(grad_s, expected[1]) < 1e-13
+
+
+def test_unrequested_gradients_are_empty_and_inputs_untouched(kernels):
+    student, teacher = torch.randn(3, 20, dtype=torch.bfloat16), torch.randn(3, 20).bfloat16()
+    before = student.clone(), teacher.clone()
+    for launch, extra in ((kernels.kd_loss_forward, (None, None, None, 2.0, 0, 0.5, 1.0)),
+                          (kernels.kd_bce_loss_forward, (None, None, None, 2.0, 1.0)),
+                          (kernels.feature_loss_forward, (None, None, 2))):
+        loss, grad_s, grad_t = launch(student, teacher, *extra, False, False)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss).all()
+        assert grad_s.numel() == 0 and grad_t.numel() == 0
+    assert torch.equal(student, before[0]) and torch.equal(teacher, before[1])
+
+
+def test_bce_and_feature_padded_stride_and_garbage_rows(kernels):
+    padded_s, padded_t = torch.randn(4, 45) * 5, torch.randn(4, 45) * 5
+    student, teacher = padded_s[:, :37], padded_t[:, :37]
+    student[2] = np.nan
+    teacher[2] = np.inf
+    valid = torch.tensor([True, True, False, True])
+    scale = torch.tensor(0.5)
+    labels = (torch.rand(4, 37) > 0.5).float()
+    loss, grad_s, grad_t = kernels.kd_bce_loss_forward(student, teacher, labels, valid, scale,
+                                                       2.0, 0.25, True, True)
+    expected = kd_bce_loss64(student.numpy(), teacher.numpy(), temperature=2.0,
+                             labels=labels.numpy(), alpha=0.25, mask=valid.numpy())
+    assert _relative_error(loss, expected[0]) < 1e-5
+    assert _relative_error(grad_s, 0.5 * expected[1]) < 1e-5
+    assert _relative_error(grad_t, 0.5 * expected[2]) < 1e-5
+    for kind, name in enumerate(("mse", "l1", "cosine")):
+        loss, grad_s, grad_t = kernels.feature_loss_forward(student, teacher, valid, scale, kind,
+                                                            True, True)
+        expected = feature_loss64(student.numpy(), teacher.numpy(), kind=name,
+                                  mask=valid.numpy())
+        assert _relative_error(loss, expected[0]) < 1e-5
+        assert _relative_error(grad_s, 0.5 * expected[1]) < 1e-5
+        assert _relative_error(grad_t, 0.5 * expected[2]) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_scale_grad_modes(kernels, dtype):
+    grad = (torch.randn(5, 13, dtype=torch.float64) * 3).to(dtype)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+
+    unchanged = grad.clone()
+    kernels.scale_grad_(unchanged, torch.tensor(1.0))
+    assert torch.equal(unchanged, grad)
+
+    cases = [
+        torch.tensor(-2.5),
+        torch.randn(5),
+        torch.randn(5, 13),
+        torch.tensor(0.75).expand(5, 13),  # what autograd hands over for a sum
+        torch.randn(5, 26)[:, ::2],
+    ]
+    for grad_output in cases:
+        grad_output = grad_output.to(compute)
+        scaled = grad.clone()
+        kernels.scale_grad_(scaled, grad_output)
+        factor = grad_output[:, None] if grad_output.shape == (5,) else grad_output
+        expected = (grad.to(compute) * factor).to(dtype)  # one multiply in fp32 (fp64), one cast
+        # Exact, except that Triton's interpreter truncates fp32 -> bf16 (compiled code rounds
+        # to nearest): allow one bf16 step there.
+        rtol = 2**-7 if dtype == torch.bfloat16 else 0.0
+        torch.testing.assert_close(scaled, expected, rtol=rtol, atol=0)
+
+
+def test_scale_grad_one_dimensional_grad(kernels):
+    grad = torch.randn(9)
+    grad_output = torch.randn(9)
+    expected = grad * grad_output
+    kernels.scale_grad_(grad, grad_output)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="grad_output"):
+        kernels.scale_grad_(torch.randn(4, 3), torch.randn(3))
