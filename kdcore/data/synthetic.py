@@ -71,13 +71,17 @@ def _harmonic_tone(rng: np.random.Generator, timbre: str, track: np.ndarray, sr:
     """Sum of harmonics of the pitch track, alias-free (harmonics kept below 0.45*sr)."""
     phase = 2 * np.pi * np.cumsum(track) / sr + rng.uniform(0, 2 * np.pi)
     tilt = rng.uniform(0.6, 1.4)
-    top = int(0.45 * sr / track.max())
-    tone = np.zeros_like(track)
-    for k in range(1, max(top, 1) + 1):
+    top = max(int(0.45 * sr / track.max()), 1)
+    # sin(k*phase) by the recurrence s_k = 2cos(phase) s_(k-1) - s_(k-2): no sin per harmonic.
+    twice_cos = 2.0 * np.cos(phase)
+    previous, current = np.zeros_like(phase), np.sin(phase)
+    tone = np.zeros_like(phase)
+    for k in range(1, top + 1):
         level = k ** (-tilt) * rng.uniform(0.7, 1.3)
         if timbre == "odd" and k % 2 == 0:
             level *= rng.uniform(0.0, 0.12)  # even harmonics leak in at -18 dB or less
-        tone += level * np.sin(k * phase)
+        tone += level * current
+        previous, current = current, twice_cos * current - previous
     return tone
 
 
