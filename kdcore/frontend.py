@@ -107,7 +107,7 @@ class LogMel(nn.Module):
         self.register_buffer("filterbank", mel_filterbank(
             config.n_freqs, f_min=config.f_min, f_max=config.f_max, n_mels=config.n_mels,
             sample_rate=config.sample_rate, norm=config.norm, mel_scale=config.mel_scale,
-            dtype=torch.float32), persistent=False)
+            n_fft=config.n_fft, dtype=torch.float32), persistent=False)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: object) -> LogMel:

@@ -12,7 +12,8 @@ dft_basis``). The log and ``(y + shift)/divisor`` are the epilogue; padded frame
 ``pad_value``; the output is written once, transposed to (n_mels, frames).
 
 ``precision`` picks the ``tl.dot`` mode: ``"ieee"``, ``"tf32x3"``, ``"tf32"``, or ``"bf16"``
-(operands cast to bf16, fp32 accumulation).
+(operands cast to bf16, fp32 accumulation; the CPU interpreter rounds the operands to bf16
+and multiplies in fp32, because its bf16 ``tl.dot`` is wrong).
 """
 
 from __future__ import annotations
@@ -21,14 +22,27 @@ import torch
 import triton
 import triton.language as tl
 
+from . import INTERPRET
+
 BLOCK_F = 32
 BLOCK_K = 32
 
 
 @triton.jit
-def _dot(a, b, acc, PRECISION: tl.constexpr):
+def _round_to_bf16(x):
+    """fp32 ``x`` rounded to the nearest bf16 value (ties to even), kept in fp32."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
     if PRECISION == "bf16":
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+        if EMULATE_BF16:  # the interpreter's bf16 dot is wrong; same rounding, fp32 products
+            return tl.dot(_round_to_bf16(a), _round_to_bf16(b), acc, input_precision="ieee")
+        else:
+            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
     else:
         return tl.dot(a, b, acc, input_precision=PRECISION)
 
@@ -40,8 +54,8 @@ def _log_mel_kernel(x_ptr, lengths_ptr, valid_ptr, basis_ptr, fb_ptr, out_ptr,
                     N_FFT: tl.constexpr, WIN: tl.constexpr, WIN_PAD: tl.constexpr,
                     F_PAD: tl.constexpr, M_PAD: tl.constexpr, PAD_MODE: tl.constexpr,
                     POWER_MODE: tl.constexpr, LOG_MODE: tl.constexpr, AFFINE: tl.constexpr,
-                    PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr,
-                    BLOCK_K: tl.constexpr):
+                    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr):
     item = tl.program_id(0)
     tile = tl.program_id(1)
     length = tl.load(lengths_ptr + item).to(tl.int32)
@@ -81,8 +95,8 @@ def _log_mel_kernel(x_ptr, lengths_ptr, valid_ptr, basis_ptr, fb_ptr, out_ptr,
             basis_offsets = tap[:, None] * F_PAD + (f0 + bins)[None, :]
             cos_tile = tl.load(basis_ptr + basis_offsets)
             sin_tile = tl.load(basis_ptr + WIN_PAD * F_PAD + basis_offsets)
-            re = _dot(chunk, cos_tile, re, PRECISION)
-            im = _dot(chunk, sin_tile, im, PRECISION)
+            re = _dot(chunk, cos_tile, re, PRECISION, EMULATE_BF16)
+            im = _dot(chunk, sin_tile, im, PRECISION, EMULATE_BF16)
         spectrum = re * re + im * im
         if POWER_MODE == 1:
             spectrum = tl.sqrt(spectrum)
@@ -90,7 +104,7 @@ def _log_mel_kernel(x_ptr, lengths_ptr, valid_ptr, basis_ptr, fb_ptr, out_ptr,
             safe = tl.maximum(spectrum, 1e-30)
             spectrum = tl.where(spectrum > 0.0, tl.exp(0.5 * power * tl.log(safe)), 0.0)
         fb_tile = tl.load(fb_ptr + (f0 + bins)[:, None] * M_PAD + mels[None, :])
-        mel = _dot(spectrum, fb_tile, mel, PRECISION)
+        mel = _dot(spectrum, fb_tile, mel, PRECISION, EMULATE_BF16)
 
     if LOG_MODE == 1:
         mel = tl.log(mel + log_eps)
@@ -152,6 +166,7 @@ def log_mel_forward(waveform: torch.Tensor, lengths: torch.Tensor, valid_frames:
         float(shift), float(divisor), float(pad_value),
         N_FFT=n_fft, WIN=win_length, WIN_PAD=win_pad, F_PAD=f_pad, M_PAD=m_pad,
         PAD_MODE=pad_mode, POWER_MODE=power_mode, LOG_MODE=log_mode,
-        AFFINE=shift != 0.0 or divisor != 1.0, PRECISION=precision, BLOCK_T=block_t,
+        AFFINE=shift != 0.0 or divisor != 1.0, PRECISION=precision,
+        EMULATE_BF16=INTERPRET, BLOCK_T=block_t,
         BLOCK_F=BLOCK_F, BLOCK_K=BLOCK_K, num_warps=4 if block_t == 32 else 8)
     return out

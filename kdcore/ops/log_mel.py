@@ -99,10 +99,11 @@ def _mel_to_hz(mel: np.ndarray, mel_scale: str) -> np.ndarray:
 
 def mel_filterbank(n_freqs: int, *, f_min: float, f_max: float, n_mels: int, sample_rate: int,
                    norm: str | None = None, mel_scale: str = "htk",
-                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                   n_fft: int | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(n_freqs, n_mels) triangular mel filters, built in float64 then cast to ``dtype``.
 
-    Bin ``k`` sits at ``k * sample_rate / n_fft`` Hz with ``n_fft = 2*(n_freqs - 1)``.
+    Bin ``k`` sits at ``k * sample_rate / n_fft`` Hz; ``n_fft`` defaults to ``2*(n_freqs - 1)``
+    (pass it for odd FFT sizes).
     ``n_mels + 2`` points equally spaced in mel between ``f_min`` and ``f_max`` give each
     filter's left edge, centre and right edge.
 
@@ -117,7 +118,9 @@ def mel_filterbank(n_freqs: int, *, f_min: float, f_max: float, n_mels: int, sam
     _checks.check_choice("mel_scale", mel_scale, MEL_SCALES)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    n_fft = 2 * (n_freqs - 1)
+    n_fft = 2 * (n_freqs - 1) if n_fft is None else n_fft
+    if n_fft // 2 + 1 != n_freqs:
+        raise ValueError(f"n_freqs must be n_fft//2 + 1 = {n_fft // 2 + 1}, got {n_freqs}")
     bin_hz = np.arange(n_freqs, dtype=np.float64) * sample_rate / max(n_fft, 1)
     edges_mel = np.linspace(_hz_to_mel(f_min, mel_scale), _hz_to_mel(f_max, mel_scale),
                             n_mels + 2)
@@ -380,7 +383,8 @@ def _tables(config_key: tuple, device: torch.device, dtype: torch.dtype) -> tupl
         warnings.simplefilter("ignore")  # the public call has warned already
         filterbank = mel_filterbank(config.n_freqs, f_min=config.f_min, f_max=config.f_max,
                                     n_mels=config.n_mels, sample_rate=config.sample_rate,
-                                    norm=config.norm, mel_scale=config.mel_scale)
+                                    norm=config.norm, mel_scale=config.mel_scale,
+                                    n_fft=config.n_fft)
     window = make_window(config.window, config.win_length)
     return window.to(device, dtype), filterbank.to(device, dtype)
 
