@@ -140,6 +140,11 @@ def test_manifest_source_with_split_and_group(tmp_path):
     splits = split_from_column([r.split for r in source.records])
     assert splits == {"test": [0, 2, 4, 6, 8, 10], "train": [1, 3, 5, 7, 9, 11]}
     assert source.groups("speaker")[:4] == ["ann", "ann", "bob", "bob"]
+    assert source.split() == splits
+    by_speaker = source.split(group_column="speaker", test_groups=["bob"])
+    assert by_speaker == {"train": [0, 1, 4, 5, 8, 9], "test": [2, 3, 6, 7, 10, 11]}
+    stratified = source.split(use_split_column=False, test_fraction=0.25, seed=0)
+    assert [source.labels[i] for i in stratified["test"]] == [0, 1, 2]
     with pytest.raises(ValueError, match="group column 'group'"):
         source.groups()
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdcore.data.audio import AUDIO_EXTENSIONS, AudioFileDataset, AudioReadError, probe_audio
+from kdcore.data.splits import group_split, split_from_column, stratified_split
 
 
 class ManifestError(ValueError):
@@ -78,6 +79,22 @@ class AudioSource:
             more = f" (+{len(self.skipped) - 3} more)" if len(self.skipped) > 3 else ""
             line += f"; skipped {len(self.skipped)} bad entries: {shown}{more}"
         return line
+
+    def split(self, *, group_column: str | None = None,
+              test_groups: Sequence[str] | None = None, test_fraction: float = 0.2,
+              val_fraction: float = 0.0, seed: int = 0,
+              use_split_column: bool = True) -> dict[str, list[int]]:
+        """Record indices per split. With ``group_column`` (e.g. ``"speaker"``): a
+        group-disjoint split; otherwise the manifest's ``split`` column when every record has
+        one (and ``use_split_column``); otherwise a stratified random split by ``seed``."""
+        if group_column is not None:
+            return group_split(self.groups(group_column), test_groups=test_groups,
+                               test_fraction=test_fraction, val_fraction=val_fraction,
+                               seed=seed)
+        if use_split_column and all(record.split for record in self.records):
+            return split_from_column([record.split for record in self.records])
+        return stratified_split(self.labels, test_fraction=test_fraction,
+                                val_fraction=val_fraction, seed=seed)
 
     def dataset(self, indices: Sequence[int] | None = None, **kwargs: object
                 ) -> AudioFileDataset:
