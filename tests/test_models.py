@@ -27,6 +27,7 @@ def test_forward_shapes_and_gradients(name, kwargs):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match=r"features must have shape \(B, 40, frames\)"):
         model(torch.randn(3, 64, 20))
+    assert model.model_name == name
     rebuilt = create(name, NUM_CLASSES, **model.config())
     assert rebuilt.num_parameters() == model.num_parameters()
 

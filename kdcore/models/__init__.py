@@ -1,14 +1,12 @@
 """Model zoo. Every model maps log-mel features (B, n_mels, frames) to logits
 (B, num_classes) and reports ``num_parameters()`` and ``macs(frames)``.
 
-=================  ==================================================  ======================
-name               model                                               size knob
-=================  ==================================================  ======================
-``teacher_cnn``    :class:`TeacherCNN`, VGG-style                      ``width`` 30..260: ~1M..78M
-``student_dscnn``  :class:`StudentDSCNN`, depthwise separable          ``width`` 24..200: ~20k..1.1M
-``transformer``    :class:`AudioTransformer`, pre-norm encoder         ``dim``, ``depth``
-``hf``             :class:`HFAudioClassifier`, local HF model dir      ``path`` (kdcore[hf])
-=================  ==================================================  ======================
+- ``teacher_cnn``: :class:`TeacherCNN`, VGG-style; ``width`` 30..260 gives ~1M..78M params.
+- ``student_dscnn``: :class:`StudentDSCNN`, depthwise separable; ``width`` 24..200 gives
+  ~20k..1.1M params.
+- ``transformer``: :class:`AudioTransformer`, pre-norm encoder; ``dim``, ``depth``.
+- ``hf``: :class:`HFAudioClassifier`, a local HuggingFace model directory (``path``;
+  needs ``kdcore[hf]``).
 """
 
 from __future__ import annotations

@@ -54,6 +54,8 @@ class AudioTransformer(AudioClassifier):
     Input log-mel (B, n_mels, frames) float; output logits (B, num_classes). Stages for feature
     distillation: ``layers.0`` .. ``layers.{depth-1}`` (B, tokens, dim)."""
 
+    model_name = "transformer"
+
     def __init__(self, num_classes: int, *, n_mels: int = 64, dim: int = 128, depth: int = 4,
                  heads: int = 4, dropout: float = 0.1) -> None:
         super().__init__()

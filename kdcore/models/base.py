@@ -37,9 +37,11 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
 
 class AudioClassifier(nn.Module):
-    """Base class: subclasses set ``n_mels`` and ``num_classes`` and implement ``forward``
+    """Base class: subclasses set ``model_name`` (their :func:`kdcore.models.create` name),
+    ``n_mels`` and ``num_classes`` and implement ``forward``
     on log-mel (B, n_mels, frames) float tensors returning logits (B, num_classes)."""
 
+    model_name: str = ""
     n_mels: int
     num_classes: int
 
@@ -54,5 +56,6 @@ class AudioClassifier(nn.Module):
         return count_macs(self, example)
 
     def config(self) -> dict:
-        """Constructor arguments, enough to rebuild the model with ``kdcore.models.create``."""
+        """Constructor keyword arguments: ``create(model_name, num_classes, **config())``
+        rebuilds the model (for checkpoints)."""
         return dict(self._config)

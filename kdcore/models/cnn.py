@@ -42,6 +42,8 @@ class TeacherCNN(AudioClassifier):
     Input log-mel (B, n_mels, frames) float; output logits (B, num_classes). Stages for feature
     distillation: ``blocks.0`` .. ``blocks.3`` (B, C, F', T')."""
 
+    model_name = "teacher_cnn"
+
     def __init__(self, num_classes: int, *, n_mels: int = 64, width: int = 32,
                  dropout: float = 0.3) -> None:
         super().__init__()
@@ -87,6 +89,8 @@ class StudentDSCNN(AudioClassifier):
 
     Input log-mel (B, n_mels, frames) float; output logits (B, num_classes). Stages for feature
     distillation: ``blocks.0`` .. ``blocks.N``."""
+
+    model_name = "student_dscnn"
 
     def __init__(self, num_classes: int, *, n_mels: int = 64, width: int = 24,
                  extra_blocks: int = 1, dropout: float = 0.1) -> None:

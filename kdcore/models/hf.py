@@ -21,6 +21,8 @@ class HFAudioClassifier(AudioClassifier):
     that take raw waveforms (wav2vec2, HuBERT) are rejected. The features must follow the
     model's own log-mel recipe; this wrapper does not convert between recipes."""
 
+    model_name = "hf"
+
     def __init__(self, num_classes: int, *, path: str | os.PathLike) -> None:
         super().__init__()
         try:
