@@ -176,7 +176,7 @@ def feature_loss_forward(student: torch.Tensor, teacher: torch.Tensor,
     )
     pointers = (
         student, teacher,
-        valid.view(torch.uint8) if valid is not None else student,
+        valid.contiguous().view(torch.uint8) if valid is not None else student,
         grad_scale if grad_scale is not None else loss,
         loss,
         grad_student if student_grad else loss,

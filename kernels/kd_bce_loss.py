@@ -165,7 +165,7 @@ def kd_bce_loss_forward(student: torch.Tensor, teacher: torch.Tensor,
     _kd_bce_kernel[(rows, triton.cdiv(n_cols, block))](
         student, teacher,
         labels if has_ce else loss,
-        valid.view(torch.uint8) if valid is not None else student,
+        valid.contiguous().view(torch.uint8) if valid is not None else student,
         grad_scale if grad_scale is not None else loss,
         loss,
         grad_student if student_grad else loss,

@@ -37,8 +37,10 @@ from ._common import (
 )
 
 KINDS = ("kl", "reverse_kl", "jsd")
-SINGLE_BLOCK_MAX = 8192
-CHUNK = 8192
+# Launch configuration (module-level so that a GPU benchmark can sweep it):
+SINGLE_BLOCK_MAX = 8192  # rows up to this many classes (next power of 2) stay in registers
+CHUNK = 8192  # chunk width of the streamed path for longer rows
+NUM_WARPS: dict[int, int] = {}  # block -> num_warps overrides of ``warps_for_block``
 
 NEG_INF = tl.constexpr(float("-inf"))
 
@@ -302,6 +304,13 @@ def _kd_loss_kernel(
     tl.store(row_loss_ptr + row, tl.where(row_valid, loss, 0.0))
 
 
+def launch_config(n_cols: int) -> tuple[bool, int, int]:
+    """(whole row in registers?, block width, num_warps) for rows of ``n_cols`` classes."""
+    single = next_pow2(n_cols) <= SINGLE_BLOCK_MAX
+    block = next_pow2(n_cols) if single else CHUNK
+    return single, block, NUM_WARPS.get(block, warps_for_block(block))
+
+
 def kd_loss_forward(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None,
                     valid: torch.Tensor | None, grad_scale: torch.Tensor | None,
                     temperature: float, kind: int, beta: float, alpha: float,
@@ -343,13 +352,12 @@ def kd_loss_forward(student: torch.Tensor, teacher: torch.Tensor, labels: torch.
         return row_loss, grad_student, grad_teacher
 
     has_ce = labels is not None
-    single = next_pow2(n_cols) <= SINGLE_BLOCK_MAX
-    block = next_pow2(n_cols) if single else CHUNK
+    single, block, num_warps = launch_config(n_cols)
     kd_weight = float(alpha) if has_ce else 1.0
     _kd_loss_kernel[(rows,)](
         student, teacher,
-        labels if has_ce else student,
-        valid.view(torch.uint8) if valid is not None else student,
+        labels.contiguous() if has_ce else student,
+        valid.contiguous().view(torch.uint8) if valid is not None else student,
         grad_scale if grad_scale is not None else student,
         row_loss,
         grad_student if student_grad else row_loss,
@@ -360,7 +368,6 @@ def kd_loss_forward(student: torch.Tensor, teacher: torch.Tensor, labels: torch.
         KIND=int(kind), HAS_CE=has_ce, CE_SEPARATE=has_ce and float(temperature) != 1.0,
         HAS_VALID=valid is not None, HAS_SCALE=grad_scale is not None,
         STUDENT_GRAD=bool(student_grad), TEACHER_GRAD=bool(teacher_grad),
-        SINGLE=single, BLOCK=block, ACC=acc_dtype,
-        num_warps=warps_for_block(block),
+        SINGLE=single, BLOCK=block, ACC=acc_dtype, num_warps=num_warps,
     )
     return row_loss, grad_student, grad_teacher

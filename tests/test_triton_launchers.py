@@ -44,16 +44,19 @@ def _relative_error(actual: torch.Tensor, expected: np.ndarray) -> float:
 @pytest.mark.parametrize("kind", [0, 1, 2])
 def test_chunked_path_with_labels_mask_teacher_grad_matches_float64(chunked, kind):
     """100 classes in 32-wide chunks (ragged tail), T != 1 (separate CE statistics), -inf
-    classes shared by both rows, padded row stride, garbage in masked rows."""
+    classes shared by both rows, padded row stride, strided labels and mask, garbage in masked
+    rows."""
     rows, classes = 5, 100
     padded_s = torch.randn(rows, classes + 7, dtype=torch.float64) * 4
     padded_t = torch.randn(rows, classes + 7, dtype=torch.float64) * 4
     student, teacher = padded_s[:, :classes], padded_t[:, :classes]
     student[:, 40:50] = -np.inf
     teacher[:, 40:50] = -np.inf
-    valid = torch.tensor([True, False, True, True, True])
+    valid = torch.tensor([[True, False], [False, True], [True, True], [True, False],
+                          [True, True]])[:, 0]  # strided views must be read correctly
     student[1] = np.nan
-    labels = torch.tensor([3, 7, 99, 0, 64])
+    labels = torch.tensor([[3, 1], [7, 1], [99, 1], [0, 1], [64, 1]])[:, 0]
+    assert labels.stride() == (2,) and valid.stride() == (2,)
     scale = torch.tensor(0.3, dtype=torch.float64)
     loss, grad_s, grad_t = chunked.kd_loss_forward(
         student, teacher, labels, valid, scale, 0.7, kind, 0.3, 0.6, True, True)
