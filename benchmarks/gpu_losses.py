@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtypes", nargs="+", default=DTYPES, choices=DTYPES)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
     parser.add_argument("--no-liger", action="store_true", help="skip Liger-Kernel")
+    parser.add_argument("--sweep-configs", action="store_true",
+                        help="also time kdcore's kd_loss under other launch configurations "
+                             "(single-block limit, chunk width, warps) to tune the defaults")
     parser.add_argument("--output", type=Path, default=None,
                         help="results JSON (default benchmarks/results/<gpu-name>.json; "
                              "a temporary file in --dry-run)")
@@ -244,7 +247,52 @@ def run_case(kind: str, shape: tuple[int, int], dtype_name: str, device: torch.d
             if "full_ms" in other:
                 case[key] = other["full_ms"][0] / ours["full_ms"][0]
     case["targets"] = evaluate_targets(case, shape, timed=device.type == "cuda")
+    if args.sweep_configs:
+        case["config_sweep"] = sweep_configs(kind, student, teacher, dtype_name, device)
     return case
+
+
+def sweep_configs(kind: str, student: torch.Tensor, teacher: torch.Tensor, dtype_name: str,
+                  device: torch.device) -> list[dict]:
+    """Forward+backward time of kdcore's kd_loss under alternative launch configurations
+    (``kdcore.kernels.kd_loss`` module constants), each checked against float64 first."""
+    from kdcore.kernels import kd_loss as kd_module
+    from kdcore.kernels._common import next_pow2, warps_for_block
+
+    defaults = (kd_module.SINGLE_BLOCK_MAX, kd_module.CHUNK, dict(kd_module.NUM_WARPS))
+    row_block = next_pow2(student.shape[1])
+    configs = [(defaults[0], defaults[1], None)]
+    if row_block <= 16384:
+        for warps in (4, 8, 16, 32):
+            if warps != warps_for_block(row_block) and row_block // (32 * warps) >= 1:
+                configs.append((max(row_block, defaults[0]), defaults[1], warps))
+    chunks = (128,) if device.type == "cpu" else (2048, 4096, 8192, 16384)
+    for chunk in chunks:
+        if chunk < row_block:
+            configs.append((1, chunk, None))
+            configs.append((1, chunk, max(4, warps_for_block(chunk) // 2)))
+    results = []
+    loss_fn = kdcore_loss(kind, "triton")
+    try:
+        for single_max, chunk, warps in configs:
+            kd_module.SINGLE_BLOCK_MAX, kd_module.CHUNK = single_max, chunk
+            kd_module.NUM_WARPS.clear()
+            if warps is not None:
+                kd_module.NUM_WARPS[row_block if row_block <= single_max else chunk] = warps
+            single, block, num_warps = kd_module.launch_config(student.shape[1])
+            entry = {"single": single, "block": block, "num_warps": num_warps}
+            try:
+                entry["passed"] = check_against_float64(kind, student, teacher,
+                                                        dtype_name)["passed"]
+                entry["full_ms"] = time_provider(loss_fn, student, teacher, device)["full_ms"]
+            except Exception as error:
+                entry["error"] = f"{type(error).__name__}: {error}"
+            results.append(entry)
+    finally:
+        kd_module.SINGLE_BLOCK_MAX, kd_module.CHUNK = defaults[0], defaults[1]
+        kd_module.NUM_WARPS.clear()
+        kd_module.NUM_WARPS.update(defaults[2])
+    return results
 
 
 def evaluate_targets(case: dict, shape: tuple[int, int], timed: bool) -> dict:
@@ -302,6 +350,12 @@ def format_table(cases: list[dict]) -> str:
                              for name, ok in case["targets"].items())
         lines.append(f"     check vs fp64: loss rel {check['loss_rel_error']:.1e}, grad "
                      f"{check['grad_error_vs_max']:.1e} of max | {verdicts}")
+        for entry in case.get("config_sweep", []):
+            timing = (f"{entry['full_ms'][0]:8.3f} ms" if "full_ms" in entry
+                      else entry.get("error", "")[:60])
+            lines.append(f"     config single={entry['single']!s:5} block={entry['block']:6} "
+                         f"warps={entry['num_warps']:2}: {timing} "
+                         f"{'ok' if entry.get('passed') else 'WRONG'}")
     return "\n".join(lines)
 
 
