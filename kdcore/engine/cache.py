@@ -1,0 +1,150 @@
+"""The teacher cache: teacher outputs per (item, view), memory-mapped on disk.
+
+Layout of a cache directory:
+
+- ``meta.json``: the key (teacher fingerprint, frontend fingerprint, tapped teacher modules,
+  task), ``num_items``, ``num_views`` and the per-item shape of every stored output;
+- ``<name>.f32``: one float32 ``numpy.memmap`` per output, shaped (num_items, num_views, *shape)
+  (``logits`` and ``feature0``, ``feature1``, ... for the tapped teacher features);
+- ``filled.u8``: (num_items, num_views) flags, set after the row's outputs are written.
+
+Rows are filled the first time their (item, view) passes through the training step and read
+back from then on. Under DDP rank 0 creates the files and every rank writes its own rows into
+the same mapping (one machine, or a shared file system).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+META = "meta.json"
+FLAGS = "filled.u8"
+FORMAT_VERSION = 1
+
+
+class CacheMismatchError(ValueError):
+    """A cache directory the user named holds outputs of another teacher or frontend."""
+
+
+class TeacherCache:
+    def __init__(self, directory: Path, key: dict, num_items: int, num_views: int,
+                 shapes: dict[str, tuple[int, ...]]) -> None:
+        self.directory = Path(directory)
+        self.key = dict(key, format=FORMAT_VERSION)
+        self.num_items = num_items
+        self.num_views = num_views
+        self.shapes = {name: tuple(shape) for name, shape in shapes.items()}
+        self.arrays: dict[str, np.memmap] = {}
+        self.flags: np.memmap | None = None
+
+    def _meta(self) -> dict:
+        return {"key": self.key, "num_items": self.num_items, "num_views": self.num_views,
+                "shapes": {name: list(shape) for name, shape in self.shapes.items()}}
+
+    def prepare(self, *, explicit: bool) -> None:
+        """Create the files, or check existing ones (call on rank 0 only).
+
+        A cache of another teacher/frontend raises :class:`CacheMismatchError` when the user
+        named the directory (``explicit``); otherwise it, or any cache whose layout no longer
+        fits (items, views, shapes), is stale and rebuilt with a warning."""
+        meta_path = self.directory / META
+        if meta_path.exists():
+            try:
+                found = json.loads(meta_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                found = None
+            if found is not None and found.get("key") != self.key and explicit:
+                raise CacheMismatchError(
+                    f"the teacher cache in {self.directory} was built for another teacher or "
+                    f"frontend (fingerprint {str(found.get('key', {}).get('teacher'))[:12]}, "
+                    f"this teacher is {self.key['teacher'][:12]}); delete it or point cache_dir "
+                    "somewhere else")
+            if found == self._meta() and self._files_complete():
+                return
+            reason = ("another teacher or frontend" if found is None
+                      or found.get("key") != self.key else "another dataset layout")
+            warnings.warn(f"kdcore: the teacher cache in {self.directory} is stale (built for "
+                          f"{reason}); rebuilding it", RuntimeWarning, stacklevel=3)
+            shutil.rmtree(self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for name, shape in self.shapes.items():
+            np.memmap(self._path(name), dtype=np.float32, mode="w+",
+                      shape=(self.num_items, self.num_views, *shape)).flush()
+        np.memmap(self.directory / FLAGS, dtype=np.uint8, mode="w+",
+                  shape=(self.num_items, self.num_views)).flush()
+        temporary = meta_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self._meta(), indent=1))
+        temporary.replace(meta_path)
+
+    def _path(self, name: str) -> Path:
+        return self.directory / f"{name}.f32"
+
+    def _files_complete(self) -> bool:
+        return (self.directory / FLAGS).exists() and all(
+            self._path(name).exists() for name in self.shapes)
+
+    def open(self) -> None:
+        """Map the prepared files (every rank, after :meth:`prepare`)."""
+        for name, shape in self.shapes.items():
+            self.arrays[name] = np.memmap(self._path(name), dtype=np.float32, mode="r+",
+                                          shape=(self.num_items, self.num_views, *shape))
+        self.flags = np.memmap(self.directory / FLAGS, dtype=np.uint8, mode="r+",
+                               shape=(self.num_items, self.num_views))
+
+    def _rows(self, index: torch.Tensor | None, view: torch.Tensor | None,
+              size: int) -> tuple[np.ndarray, np.ndarray]:
+        if index is None:
+            raise ValueError("teacher_mode='cached' needs item ids: batches must carry an "
+                             "'index' entry (dict) or a third tuple element")
+        items = index.reshape(-1).to("cpu", torch.int64).numpy()
+        views = (np.zeros_like(items) if view is None
+                 else view.reshape(-1).to("cpu", torch.int64).numpy())
+        if items.shape[0] != size or views.shape[0] != size:
+            raise ValueError(f"batch 'index'/'view' must hold one id per item ({size}), got "
+                             f"{items.shape[0]} and {views.shape[0]}")
+        if items.size and (items.min() < 0 or items.max() >= self.num_items):
+            raise ValueError(f"batch 'index' must lie in [0, {self.num_items}), got ids in "
+                             f"[{items.min()}, {items.max()}]")
+        if views.size and (views.min() < 0 or views.max() >= self.num_views):
+            raise ValueError(f"batch 'view' must lie in [0, {self.num_views}) (cache_views), "
+                             f"got ids in [{views.min()}, {views.max()}]")
+        return items, views
+
+    def lookup(self, index: torch.Tensor | None, view: torch.Tensor | None,
+               size: int) -> dict[str, torch.Tensor] | None:
+        """The stored rows of a batch as host tensors, or None when any row is missing."""
+        items, views = self._rows(index, view, size)
+        if not self.flags[items, views].all():
+            return None
+        return {name: torch.from_numpy(np.ascontiguousarray(array[items, views]))
+                for name, array in self.arrays.items()}
+
+    def store(self, index: torch.Tensor | None, view: torch.Tensor | None,
+              outputs: dict[str, torch.Tensor]) -> None:
+        """Write a batch's teacher outputs (one host copy), then mark the rows filled."""
+        size = next(iter(outputs.values())).shape[0]
+        items, views = self._rows(index, view, size)
+        for name, value in outputs.items():
+            expected = self.shapes[name]
+            if tuple(value.shape[1:]) != expected:
+                raise ValueError(
+                    f"teacher_mode='cached' needs a fixed per-item output shape: {name} was "
+                    f"{expected} per item and is now {tuple(value.shape[1:])} (pad inputs to "
+                    "a fixed length and pass a mask)")
+            self.arrays[name][items, views] = value.detach().float().cpu().numpy()
+        self.flags[items, views] = 1
+
+    def flush(self) -> None:
+        for array in self.arrays.values():
+            array.flush()
+        if self.flags is not None:
+            self.flags.flush()
+
+    def filled_fraction(self) -> float:
+        return float(np.asarray(self.flags).mean()) if self.flags is not None else 0.0
