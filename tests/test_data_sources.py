@@ -89,6 +89,8 @@ def test_crops_and_collate():
     assert batch.waveforms.tolist() == [[1, 1, 1, 0, 0], [2, 2, 2, 2, 2]]
     assert batch.lengths.tolist() == [3, 5] and batch.labels.tolist() == [2, 0]
     assert batch.indices.tolist() == [7, 1]
+    waves, labels, indices = batch[:3]
+    assert indices is batch.indices and set(batch.as_dict()) == {"waveform", "label", "index"}
 
 
 def _class_folder(root: Path) -> Path:

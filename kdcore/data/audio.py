@@ -38,13 +38,20 @@ class AudioExample(NamedTuple):
 
 
 class AudioBatch(NamedTuple):
-    """A padded batch: ``waveforms`` float32 (B, T_max), ``labels`` int64 (B,), ``lengths``
-    int64 (B,) valid samples per row, ``indices`` int64 (B,) dataset positions."""
+    """A padded batch: ``waveforms`` float32 (B, T_max), ``labels`` int64 (B,), ``indices``
+    int64 (B,) dataset positions, ``lengths`` int64 (B,) valid samples per row.
+
+    The first three fields follow the engine's ``(input, label, index)`` tuple order; a 4-tuple
+    means ``(..., mask)`` to ``kdcore.engine``, so pass :meth:`as_dict` (or ``batch[:3]``)."""
 
     waveforms: torch.Tensor
     labels: torch.Tensor
-    lengths: torch.Tensor
     indices: torch.Tensor
+    lengths: torch.Tensor
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """``{"waveform", "label", "index"}``: the engine's dict batch."""
+        return {"waveform": self.waveforms, "label": self.labels, "index": self.indices}
 
 
 def probe_audio(path: str | os.PathLike) -> int:
@@ -117,7 +124,7 @@ def collate_audio(batch: Sequence[AudioExample]) -> AudioBatch:
         waveforms[row, : item[0].shape[-1]] = item[0]
     labels = torch.tensor([int(item[1]) for item in batch], dtype=torch.long)
     indices = torch.tensor([int(item[2]) for item in batch], dtype=torch.long)
-    return AudioBatch(waveforms, labels, lengths, indices)
+    return AudioBatch(waveforms, labels, indices, lengths)
 
 
 class AudioFileDataset(Dataset):
