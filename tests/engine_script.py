@@ -113,6 +113,18 @@ def make_pair(seed: int = 0, dropout: float = 0.0) -> tuple[nn.Module, nn.Module
     return teacher, student
 
 
+def loss_backend() -> str:
+    """"auto" once the C++ library provides every loss op (or cannot be built at all), else
+    "reference" (while the C++ ops are incomplete)."""
+    from kdcore import _backends
+
+    ops = _backends.cpp_ops()
+    needed = ("kd_loss_forward", "kd_bce_loss_forward", "feature_loss_forward")
+    if ops is None or all(hasattr(ops, name) for name in needed):
+        return "auto"
+    return "reference"
+
+
 def trainable_state(distiller) -> dict[str, torch.Tensor]:
     state = {f"student.{k}": v.detach().clone() for k, v in distiller.student.state_dict().items()}
     state.update({f"projectors.{k}": v.detach().clone()
@@ -129,6 +141,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--items", type=int, default=96)
     parser.add_argument("--mode", default="resume", choices=("resume", "ddp"))
+    parser.add_argument("--loss-backend", default="auto")
     args = parser.parse_args()
 
     from torch.utils.data import DataLoader
@@ -140,13 +153,13 @@ def main() -> None:
         dataset = ClusterDataset(args.items, slow=args.slow, jitter=True)
         distiller = Distiller(teacher, student, feature_pairs=[("body", "body")],
                               feature_weight=0.5, lr=5e-3, checkpoint_every=1, log_every=2,
-                              progress=False, seed=3)
+                              progress=False, seed=3, loss_backend=args.loss_backend)
         loader = DataLoader(dataset, batch_size=args.batch, shuffle=True)
     else:
         teacher, student = make_pair()
         dataset = ClusterDataset(args.items)
         distiller = Distiller(teacher, student, lr=5e-3, schedule="constant", progress=False,
-                              log_every=1, seed=3)
+                              log_every=1, seed=3, loss_backend=args.loss_backend)
         loader = DataLoader(dataset, batch_size=args.batch, shuffle=True)
     history = distiller.fit(loader, epochs=args.epochs, out_dir=args.out)
     rank = int(os.environ.get("RANK", "0"))

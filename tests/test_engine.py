@@ -20,23 +20,12 @@ from tests.engine_script import (
     NUM_CLASSES,
     ClusterDataset,
     ConvFrameModel,
+    loss_backend,
     make_pair,
     trainable_state,
 )
 
-
-def _loss_backend() -> str:
-    """"auto" once the C++ library provides every loss op (or cannot be built at all)."""
-    from kdcore import _backends
-
-    ops = _backends.cpp_ops()
-    needed = ("kd_loss_forward", "kd_bce_loss_forward", "feature_loss_forward")
-    if ops is None or all(hasattr(ops, name) for name in needed):
-        return "auto"
-    return "reference"
-
-
-QUIET = {"progress": False, "loss_backend": _loss_backend()}
+QUIET = {"progress": False, "loss_backend": loss_backend()}
 
 
 def loader(dataset, batch=16, shuffle=True):
