@@ -100,7 +100,7 @@ def cpp_ops() -> object | None:
         from torch.utils import cpp_extension
 
         digest = hashlib.sha1()
-        for source in sources:
+        for source in sources + sorted(_csrc_dir().glob("*.h")):  # headers change the build too
             digest.update(source.read_bytes())
         name = f"{CPP_LIBRARY}_{digest.hexdigest()[:10]}"
         cflags = ["-O3", "-fopenmp", "-march=native", "-ffp-contract=fast"]
