@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcore.data import SyntheticAudio, collate_audio
+from kdcore.data import SpecAugment, SyntheticAudio, WaveAugment, collate_audio
 from kdcore.data.augment import (
     add_noise,
     mix_targets,
@@ -157,3 +157,26 @@ def test_spec_augment_masks_bands_within_valid_frames():
     assert torch.equal(out[unchanged], features[unchanged])
     with pytest.raises(ValueError, match="features"):
         spec_augment(torch.randn(3, 4))
+
+
+def test_augment_modules_act_only_in_training():
+    waves = torch.randn(4, 300)
+    wave_aug = WaveAugment(gain_db=(-3.0, 3.0), max_shift=5, noise_snr_db=(20.0, 30.0),
+                           generator=torch.Generator().manual_seed(0))
+    spec_aug = SpecAugment(freq_width=3, time_width=4, generator=torch.Generator().manual_seed(0))
+    features = torch.randn(4, 16, 30)
+    wave_aug.eval()
+    spec_aug.eval()
+    assert wave_aug(waves) is waves and spec_aug(features) is features
+    wave_aug.train()
+    spec_aug.train()
+    changed = wave_aug(waves)
+    assert changed.shape == waves.shape and not torch.allclose(changed, waves)
+    repeat = WaveAugment(gain_db=(-3.0, 3.0), max_shift=5, noise_snr_db=(20.0, 30.0),
+                         generator=torch.Generator().manual_seed(0))
+    assert torch.equal(repeat(waves), changed)
+    assert spec_aug(features).shape == features.shape
+    with pytest.raises(ValueError, match="gain_db"):
+        WaveAugment(gain_db=(3.0, -3.0))
+    with pytest.raises(ValueError, match="fill"):
+        SpecAugment(fill="nan")

@@ -15,6 +15,7 @@ from kdcore.data.audio import (
     read_audio,
     resample,
 )
+from kdcore.data.augment import SpecAugment, WaveAugment
 from kdcore.data.sources import (
     AudioRecord,
     AudioSource,
@@ -35,7 +36,9 @@ __all__ = [
     "AudioSource",
     "ManifestError",
     "SkippedEntry",
+    "SpecAugment",
     "SyntheticAudio",
+    "WaveAugment",
     "augment",
     "center_crop",
     "collate_audio",

@@ -10,6 +10,7 @@ mixed with the same weights (:func:`mix_targets`), as EfficientAT does.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def _check_batch(name: str, tensor: torch.Tensor, dims: int) -> None:
@@ -169,3 +170,51 @@ def spec_augment(features: torch.Tensor, *, freq_masks: int = 2, freq_width: int
     else:
         value = features.mean(dim=(1, 2), keepdim=True)
     return torch.where(mask, value, features)
+
+
+class WaveAugment(nn.Module):
+    """Gain, shift and noise on waveforms (B, T) as a module, active only in training mode,
+    so it can sit in front of the log-mel frontend (``nn.Sequential(WaveAugment(), LogMel())``)
+    and teacher and student see the same view. ``None``/0 switches an op off."""
+
+    def __init__(self, *, gain_db: tuple[float, float] | None = (-6.0, 6.0),
+                 max_shift: int = 0, noise_snr_db: tuple[float, float] | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.gain_db = None if gain_db is None else _check_range("gain_db", gain_db)
+        if not isinstance(max_shift, int) or max_shift < 0:
+            raise ValueError(f"max_shift must be a non-negative int, got {max_shift!r}")
+        self.max_shift = max_shift
+        self.noise_snr_db = (None if noise_snr_db is None
+                             else _check_range("noise_snr_db", noise_snr_db))
+        self.generator = generator
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return waveforms
+        if self.gain_db is not None:
+            waveforms = random_gain(waveforms, self.gain_db, self.generator)
+        if self.max_shift > 0:
+            waveforms = random_shift(waveforms, self.max_shift, self.generator)
+        if self.noise_snr_db is not None:
+            waveforms = add_noise(waveforms, self.noise_snr_db, generator=self.generator)
+        return waveforms
+
+
+class SpecAugment(nn.Module):
+    """:func:`spec_augment` on log-mel (B, n_mels, frames) as a module, active only in
+    training mode (place it after the frontend)."""
+
+    def __init__(self, *, freq_masks: int = 2, freq_width: int = 8, time_masks: int = 2,
+                 time_width: int = 10, fill: str = "mean",
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.options = {"freq_masks": freq_masks, "freq_width": freq_width,
+                        "time_masks": time_masks, "time_width": time_width, "fill": fill}
+        spec_augment(torch.zeros(1, max(freq_width, 1), max(time_width, 1)), **self.options)
+        self.generator = generator
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return features
+        return spec_augment(features, generator=self.generator, **self.options)
