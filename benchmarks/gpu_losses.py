@@ -257,20 +257,21 @@ def sweep_configs(kind: str, student: torch.Tensor, teacher: torch.Tensor, dtype
     """Forward+backward time of kdcore's kd_loss under alternative launch configurations
     (``kdcore.kernels.kd_loss`` module constants), each checked against float64 first."""
     from kdcore.kernels import kd_loss as kd_module
-    from kdcore.kernels._common import next_pow2, warps_for_block
+    from kdcore.kernels._common import next_pow2
 
     defaults = (kd_module.SINGLE_BLOCK_MAX, kd_module.CHUNK, dict(kd_module.NUM_WARPS))
     row_block = next_pow2(student.shape[1])
     configs = [(defaults[0], defaults[1], None)]
+    default_warps = kd_module.launch_config(student.shape[1])[2]
     if row_block <= 16384:
         for warps in (4, 8, 16, 32):
-            if warps != warps_for_block(row_block) and row_block // (32 * warps) >= 1:
+            if warps != default_warps and row_block // (32 * warps) >= 1:
                 configs.append((max(row_block, defaults[0]), defaults[1], warps))
     chunks = (128,) if device.type == "cpu" else (2048, 4096, 8192, 16384)
     for chunk in chunks:
         if chunk < row_block:
             configs.append((1, chunk, None))
-            configs.append((1, chunk, max(4, warps_for_block(chunk) // 2)))
+            configs.append((1, chunk, max(2, chunk // 512)))  # 16 classes a thread
     results = []
     loss_fn = kdcore_loss(kind, "triton")
     try:
