@@ -1,6 +1,7 @@
 """kdcore: compiled-kernel accelerated knowledge distillation for audio models."""
 
 from kdcore._backends import BACKENDS, BackendUnavailableError
+from kdcore.engine import Distiller, History
 from kdcore.frontend import LogMel
 from kdcore.losses import FeatureLoss, KDBCELoss, KDLoss
 from kdcore.ops import feature_loss, kd_bce_loss, kd_loss
@@ -11,7 +12,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "Distiller",
     "FeatureLoss",
+    "History",
     "KDBCELoss",
     "KDLoss",
     "LogMel",

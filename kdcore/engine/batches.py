@@ -57,7 +57,12 @@ def _as_tensor(name: str, value: object) -> torch.Tensor | None:
 
 
 def parse_batch(raw: object) -> Batch:
-    """Read one loader item following the contract above; wrong layouts raise a clear error."""
+    """Read one loader item following the contract above; wrong layouts raise a clear error.
+    An object with an ``as_dict()`` method (e.g. :class:`kdcore.data.AudioBatch`) is read as
+    that dict."""
+    as_dict = getattr(raw, "as_dict", None)
+    if callable(as_dict):
+        raw = as_dict()
     if isinstance(raw, torch.Tensor):
         return Batch(inputs=raw)
     if isinstance(raw, dict):
