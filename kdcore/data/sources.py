@@ -124,9 +124,11 @@ def _keep_or_raise(skip_bad: bool, skipped: list[SkippedEntry], error: ValueErro
 def _from_folder(root: Path, skip_bad: bool, check_audio: bool) -> AudioSource:
     records: list[AudioRecord] = []
     skipped: list[SkippedEntry] = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and
+                            not p.name.startswith(".")):
         for path in sorted(class_dir.rglob("*")):
-            if not path.is_file() or path.suffix.lower() not in AUDIO_EXTENSIONS:
+            if (not path.is_file() or path.name.startswith(".")
+                    or path.suffix.lower() not in AUDIO_EXTENSIONS):
                 continue
             try:
                 if check_audio:
