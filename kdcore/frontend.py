@@ -139,19 +139,28 @@ class LogMel(nn.Module):
 
     def _floor_below_max(self, features: torch.Tensor, lengths: torch.Tensor | None
                          ) -> torch.Tensor:
+        """``max(y, peak - floor_below_max/divisor)`` per item over its valid frames, in place
+        on the fresh output (two light passes: a max over mels, then the clamp); out of place
+        when gradients are recorded, so the floor is differentiable like Whisper's formula."""
         batched = features if features.dim() == 3 else features.unsqueeze(0)
-        frames = batched.shape[-1]
-        if lengths is None:
-            valid = torch.ones(batched.shape[0], frames, dtype=torch.bool, device=batched.device)
-        else:
+        frame_peaks = batched.amax(dim=1)  # (B, frames)
+        valid = None
+        if lengths is not None:
             counts = self.config.frames(torch.as_tensor(lengths, device=batched.device))
             counts = counts - int(self.drop_last_frame)
-            valid = torch.arange(frames, device=batched.device)[None, :] < counts[:, None]
-        valid = valid[:, None, :]
-        peak = torch.where(valid, batched, -torch.inf).amax(dim=(1, 2), keepdim=True)
-        floor = peak - self.floor_below_max / self.config.divisor
-        out = torch.where(valid, torch.maximum(batched, floor), batched)
-        return out if features.dim() == 3 else out[0]
+            frames = torch.arange(batched.shape[-1], device=batched.device)
+            valid = frames[None, :] < counts[:, None]
+            frame_peaks = frame_peaks.masked_fill(~valid, -torch.inf)
+        floor = frame_peaks.amax(dim=1) - self.floor_below_max / self.config.divisor
+        if torch.is_grad_enabled() and batched.requires_grad:
+            out = torch.maximum(batched, floor[:, None, None])
+            if valid is not None:
+                out = torch.where(valid[:, None, :], out, self.config.pad_value)
+            return out if features.dim() == 3 else out[0]
+        batched.clamp_(min=floor[:, None, None])
+        if valid is not None:
+            batched.masked_fill_(~valid[:, None, :], self.config.pad_value)
+        return features
 
     def extra_repr(self) -> str:
         config = self.config
