@@ -159,3 +159,16 @@ def test_preset_overrides_and_errors():
         kdcore.LogMel(backend="gpu")
     with pytest.raises(ValueError, match="floor_below_max"):
         kdcore.LogMel(log=None, floor_below_max=80.0)
+
+
+def test_whisper_floor_is_differentiable_and_matches_inference():
+    frontend = kdcore.LogMel.from_preset("whisper", backend="cpp")
+    x, lengths = _clips([8000, 5000])
+    with torch.no_grad():
+        expected = frontend(x, lengths=lengths)
+    leaf = x.clone().requires_grad_(True)
+    out = frontend(leaf, lengths=lengths)
+    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=0)
+    out.backward(torch.randn_like(out))
+    assert leaf.grad[1, 5000:].abs().max() == 0  # samples past an item's end get no gradient
+    assert leaf.grad[1, :5000].abs().max() > 0
