@@ -40,11 +40,12 @@ def _round_to_bf16(x):
 def _dot(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
     if PRECISION == "bf16":
         if EMULATE_BF16:  # the interpreter's bf16 dot is wrong; same rounding, fp32 products
-            return tl.dot(_round_to_bf16(a), _round_to_bf16(b), acc, input_precision="ieee")
+            acc = tl.dot(_round_to_bf16(a), _round_to_bf16(b), acc, input_precision="ieee")
         else:
-            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+            acc = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
     else:
-        return tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    return acc
 
 
 @triton.jit

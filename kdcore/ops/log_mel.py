@@ -602,7 +602,8 @@ def _log_mel(waveform: torch.Tensor, config: LogMelConfig, lengths: torch.Tensor
         resolved = "reference"
 
     drop = int(drop_last_frame)
-    n_frames = max(int(config.frames(samples)) - drop, 0)
+    _, extra = _frame_geometry(config.n_fft, config.win_length, config.center)
+    n_frames = max(1 + (samples + extra) // config.hop_length - drop, 0)
     valid_frames = (config.frames(item_lengths) - drop).clamp(min=0)
     compute_dtype = torch.float64 if batch.dtype == torch.float64 else torch.float32
     window, filterbank = _tables(config.key(), device, compute_dtype)
