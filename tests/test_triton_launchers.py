@@ -169,3 +169,21 @@ def test_scale_grad_one_dimensional_grad(kernels):
     torch.testing.assert_close(grad, expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match="grad_output"):
         kernels.scale_grad_(torch.randn(4, 3), torch.randn(3))
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_chunked_path_huge_logits_keep_precision(chunked, kind):
+    """Logits of magnitude 1e4 (half the classes far below the rest) in 32-wide chunks: the
+    online max/sum and the online KL must not lose the O(1) differences (Liger#1453)."""
+    shape = (4, 150)
+    student = (torch.randn(shape, dtype=torch.float64).sign() * 1e4
+               + torch.randn(shape, dtype=torch.float64)).float()
+    teacher = (torch.randn(shape, dtype=torch.float64).sign() * 1e4
+               + torch.randn(shape, dtype=torch.float64)).float()
+    loss, grad_s, grad_t = chunked.kd_loss_forward(student, teacher, None, None, None, 0.5, kind,
+                                                   0.5, 1.0, True, True)
+    expected = kd_loss64(student.double().numpy(), teacher.double().numpy(), temperature=0.5,
+                         kind=("kl", "reverse_kl", "jsd")[kind])
+    assert _relative_error(loss, expected[0]) < 1e-5
+    assert _relative_error(grad_s, expected[1]) < 1e-5
+    assert _relative_error(grad_t, expected[2]) < 1e-5
