@@ -21,7 +21,7 @@ namespace kdcore {
 // polynomial for e^r (truncation < 1e-8 relative) and 2^n built in the exponent bits.
 // Returns exactly 0 below -87 (where e^x would leave the normal range), +inf above 88 (callers
 // pass x <= 0) and NaN for NaN.
-inline float exp_vec(float x) {
+C10_ALWAYS_INLINE float exp_vec(float x) {
   constexpr float kLowest = -87.0f;
   constexpr float kHighest = 88.0f;
   constexpr float kLog2e = 1.44269504088896341f;
@@ -58,7 +58,7 @@ inline double exp_vec(double x) { return std::exp(x); }
 // log(1 + e) for e in [0, 1] in fp32, branch-free. With m = 1 + e, or (1 + e)/2 when that is
 // nearer 1, log m = 2 atanh(s), s = (m - 1)/(m + 1), |s| <= 0.172; s is formed from e directly
 // so small e keeps full relative precision.
-inline float log1p_unit(float e) {
+C10_ALWAYS_INLINE float log1p_unit(float e) {
   constexpr float kLn2 = 0.693147180559945309f;
   constexpr float kSqrt2Minus1 = 0.414213562373095049f;
   const bool halve = e > kSqrt2Minus1;
