@@ -158,8 +158,10 @@ def main() -> None:
     else:
         teacher, student = make_pair()
         dataset = ClusterDataset(args.items)
+        # cached teacher: under DDP both ranks fill and read one shared memory-mapped cache
         distiller = Distiller(teacher, student, lr=5e-3, schedule="constant", progress=False,
-                              log_every=1, seed=3, loss_backend=args.loss_backend)
+                              log_every=1, seed=3, teacher_mode="cached",
+                              loss_backend=args.loss_backend)
         loader = DataLoader(dataset, batch_size=args.batch, shuffle=True)
     history = distiller.fit(loader, epochs=args.epochs, out_dir=args.out)
     rank = int(os.environ.get("RANK", "0"))

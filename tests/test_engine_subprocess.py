@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,8 +86,10 @@ def test_sigkill_mid_epoch_then_resume_gives_bitwise_identical_parameters(tmp_pa
                          and torch.distributed.is_gloo_available()),
                     reason="torch.distributed with gloo is not available")
 def test_ddp_two_gloo_processes_match_a_single_process_run_of_the_global_batch(tmp_path):
-    # Two ranks with 8 items each per step against one process with the same 16 items.
-    common = ["--mode", "ddp", "--epochs", "1", "--items", "64", "--loss-backend",
+    # Two ranks with 8 items each per step against one process with the same 16 items; the
+    # teacher cache is filled by both ranks in epoch 1 and read in epoch 2 (reshuffled, so
+    # each rank reads rows the other one wrote).
+    common = ["--mode", "ddp", "--epochs", "2", "--items", "64", "--loss-backend",
               loss_backend()]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2", str(SCRIPT)]
@@ -109,9 +112,11 @@ def test_ddp_two_gloo_processes_match_a_single_process_run_of_the_global_batch(t
         torch.testing.assert_close(value, reference["params"][name], rtol=1e-4, atol=1e-5)
     losses = [record["loss"] for record in rank0["steps"]]
     expected = [record["loss"] for record in reference["steps"]]
-    assert len(losses) == len(expected) == 4
+    assert len(losses) == len(expected) == 8
     assert losses == pytest.approx(expected, rel=1e-4)
     # rank 0 alone writes checkpoints and metrics
     assert (tmp_path / "ddp" / "checkpoints" / "last.pt").exists()
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
-    assert sum(json.loads(line)["event"] == "epoch" for line in lines) == 1
+    assert sum(json.loads(line)["event"] == "epoch" for line in lines) == 2
+    flags = np.fromfile(tmp_path / "ddp" / "teacher_cache" / "filled.u8", dtype=np.uint8)
+    assert flags.shape == (64,) and flags.all()
