@@ -61,8 +61,9 @@ def register_fused_autograd(op: torch.library.CustomOpDef, num_inputs: int,
         ctx.kdcore_shapes = (inputs[0].shape, inputs[1].shape)
 
     def backward(ctx, grad_loss, _unused_student, _unused_teacher):
-        if getattr(ctx, "kdcore_consumed", False) and ctx.kdcore_backend == "triton":
-            # Checked before ctx.saved_tensors, whose version check would fire first.
+        if (getattr(ctx, "kdcore_consumed", False) and ctx.kdcore_backend == "triton"
+                and not torch.compiler.is_compiling()):
+            # Raise the clear error before ctx.saved_tensors, whose version check fires first.
             apply_grad_output(None, grad_loss, ctx.kdcore_backend, ctx)
         grad_student, grad_teacher = ctx.saved_tensors
         grads = [None] * num_inputs
