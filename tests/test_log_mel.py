@@ -165,6 +165,22 @@ def test_silence_and_clipping(backend):
     assert_matches(out[0], clipped[0].double().numpy(), **SMALL)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dtypes_and_empty_batch(backend):
+    require(backend)
+    empty = kdcore.log_mel(torch.zeros(0, 800), backend=backend)
+    assert empty.shape == (0, 80, 6) and empty.dtype == torch.float32
+    x64 = torch.randn(2, 800, dtype=torch.float64)
+    if backend == "triton":
+        with pytest.raises(TypeError, match="float64"):
+            kdcore.log_mel(x64, backend=backend)
+    else:
+        assert kdcore.log_mel(x64, backend=backend).dtype == torch.float64
+    out = kdcore.log_mel(x64.to(torch.bfloat16), backend=backend, log=None, **SMALL)
+    assert out.dtype == torch.float32
+    assert_matches(out[0], x64[0].to(torch.bfloat16).double().numpy(), log=None, **SMALL)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_read_as_their_values(dtype):
     x = (torch.randn(1, 1200) * 0.3).to(dtype)

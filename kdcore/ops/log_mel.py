@@ -606,6 +606,8 @@ def _log_mel(waveform: torch.Tensor, config: LogMelConfig, lengths: torch.Tensor
     n_frames = max(1 + (samples + extra) // config.hop_length - drop, 0)
     valid_frames = (config.frames(item_lengths) - drop).clamp(min=0)
     compute_dtype = torch.float64 if batch.dtype == torch.float64 else torch.float32
+    if size == 0:
+        return batch.new_zeros((0, config.n_mels, n_frames), dtype=compute_dtype)
     window, filterbank = _tables(config.key(), device, compute_dtype)
     out = _log_mel_op(batch, item_lengths, valid_frames, window, filterbank, _pack(config),
                       n_frames, resolved)
