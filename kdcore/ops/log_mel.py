@@ -201,9 +201,6 @@ class LogMelConfig:
         self.n_fft = _check_int("n_fft", n_fft, low=2)
         win_length = n_fft if win_length is None else win_length
         self.win_length = _check_int("win_length", win_length, low=1, high=n_fft)
-        if isinstance(hop_length, (int, np.integer)) and not isinstance(hop_length, bool) \
-                and hop_length <= 0:
-            raise ValueError(f"hop_length must be > 0, got {hop_length}")
         self.hop_length = _check_int("hop_length", hop_length, low=1)
         self.n_mels = _check_int("n_mels", n_mels, low=1)
         nyquist = sample_rate / 2.0
