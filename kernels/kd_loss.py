@@ -39,7 +39,7 @@ KINDS = ("kl", "reverse_kl", "jsd")
 # Launch configuration (module-level so that a GPU benchmark can sweep it):
 SINGLE_BLOCK_MAX = 8192  # rows up to this many classes (next power of 2) stay in registers
 CHUNK = 8192  # chunk width of the streamed path for longer rows
-NUM_WARPS: dict[int, int] = {}  # block -> num_warps overrides of ``warps_for_block``
+NUM_WARPS: dict[int, int] = {}  # block -> num_warps, overriding ``launch_config``'s choice
 
 NEG_INF = tl.constexpr(float("-inf"))
 
@@ -77,8 +77,9 @@ def _online_kl(acc, ref_sum_before, ref_rescale, ref_max_before, ref_max, other_
     """Running ``sum e^{x - max_x} ((x - max_x) - (y - max_y))`` over the chunks, kept relative to
     the current maxes of both rows (``x`` the reference distribution, ``y`` the other)."""
     shift = (other_max - other_max_before) - (ref_max - ref_max_before)
-    carried = acc + tl.where(ref_sum_before > 0, ref_sum_before * shift, 0.0)
-    carried = tl.where(carried == float("inf"), carried, carried * ref_rescale)
+    carried = tl.where(ref_sum_before > 0, acc + ref_sum_before * shift, acc)
+    # +inf (reference mass where the other row is -inf) stays +inf, never inf * 0 or inf - inf.
+    carried = tl.where(acc == float("inf"), acc, carried * ref_rescale)
     terms = _p_times(ref_weights, (ref_x - ref_max) - _shifted(other_x, other_max))
     return carried + tl.sum(terms, axis=0)
 

@@ -187,3 +187,13 @@ def test_chunked_path_huge_logits_keep_precision(chunked, kind):
     assert _relative_error(loss, expected[0]) < 1e-5
     assert _relative_error(grad_s, expected[1]) < 1e-5
     assert _relative_error(grad_t, expected[2]) < 1e-5
+
+
+def test_chunked_kl_is_inf_not_nan_where_only_the_teacher_has_mass(chunked):
+    """The student is -inf over the first two chunks where the teacher is finite: KL is +inf."""
+    student, teacher = torch.randn(2, 100), torch.randn(2, 100)
+    student[0, :64] = -np.inf
+    loss, grad_s, _ = chunked.kd_loss_forward(student, teacher, None, None, None, 1.0, 0, 0.5,
+                                              1.0, True, False)
+    assert loss[0] == np.inf and torch.isfinite(loss[1])
+    assert torch.isfinite(grad_s).all()
