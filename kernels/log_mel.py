@@ -49,6 +49,56 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 
 @triton.jit
+def _gather_frames(x_item, position, load_ok, length, period, reflect_shift, circular_shift,
+                   PAD_MODE: tl.constexpr):
+    """Waveform samples at (padded) ``position``, padding by index: 0 constant, 1 reflect (any
+    pad size), 2 replicate, 3 circular. Returns fp32."""
+    if PAD_MODE == 0:
+        load_ok = load_ok & (position >= 0) & (position < length)
+        source = position
+    elif PAD_MODE == 1:
+        folded = (position + reflect_shift) % period
+        source = tl.where(folded < length, folded, period - folded)
+        source = tl.minimum(source, length - 1)
+    elif PAD_MODE == 2:
+        source = tl.minimum(tl.maximum(position, 0), length - 1)
+    else:
+        source = (position + circular_shift) % length
+    return tl.load(x_item + source, mask=load_ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _power(re, im, power, POWER_MODE: tl.constexpr):
+    spectrum = re * re + im * im
+    if POWER_MODE == 1:
+        spectrum = tl.sqrt(spectrum)
+    elif POWER_MODE == 2:
+        safe = tl.maximum(spectrum, 1e-30)
+        spectrum = tl.where(spectrum > 0.0, tl.exp(0.5 * power * tl.log(safe)), 0.0)
+    return spectrum
+
+
+@triton.jit
+def _log_and_store(mel, out_ptr, item, frames, frame_ok, mels, n_frames, n_mels, log_eps,
+                   shift, divisor, pad_value, LOG_MODE: tl.constexpr, AFFINE: tl.constexpr):
+    if LOG_MODE == 1:
+        mel = tl.log(mel + log_eps)
+    elif LOG_MODE == 2:
+        mel = tl.log(tl.maximum(mel, log_eps))
+    elif LOG_MODE == 3:
+        mel = tl.log(tl.maximum(mel, log_eps)) * 0.4342944819032518
+    elif LOG_MODE == 4:
+        mel = tl.log(tl.maximum(mel, 1e-10)) * 4.342944819032518
+    if AFFINE:
+        mel = (mel + shift) / divisor
+    mel = tl.where(frame_ok[:, None], mel, pad_value)
+    out_offsets = (item.to(tl.int64) * n_mels * n_frames + mels[None, :] * n_frames
+                   + frames[:, None])
+    tl.store(out_ptr + out_offsets, mel, mask=(frames[:, None] < n_frames)
+             & (mels[None, :] < n_mels))
+
+
+@triton.jit
 def _log_mel_kernel(x_ptr, lengths_ptr, valid_ptr, basis_ptr, fb_ptr, out_ptr,
                     samples, n_frames, hop, lead, n_mels, power, log_eps, shift, divisor,
                     pad_value,
@@ -81,47 +131,18 @@ def _log_mel_kernel(x_ptr, lengths_ptr, valid_ptr, basis_ptr, fb_ptr, out_ptr,
             tap = k0 + taps
             position = starts[:, None] + tap[None, :]
             load_ok = frame_ok[:, None] & (tap[None, :] < WIN)
-            if PAD_MODE == 0:  # constant: zeros outside
-                load_ok = load_ok & (position >= 0) & (position < length)
-                source = position
-            elif PAD_MODE == 1:  # reflect, any pad size
-                folded = (position + reflect_shift) % period
-                source = tl.where(folded < length, folded, period - folded)
-                source = tl.minimum(source, length - 1)
-            elif PAD_MODE == 2:  # replicate
-                source = tl.minimum(tl.maximum(position, 0), length - 1)
-            else:  # circular
-                source = (position + circular_shift) % length
-            chunk = tl.load(x_item + source, mask=load_ok, other=0.0).to(tl.float32)
+            chunk = _gather_frames(x_item, position, load_ok, length, period, reflect_shift,
+                                   circular_shift, PAD_MODE)
             basis_offsets = tap[:, None] * F_PAD + (f0 + bins)[None, :]
             cos_tile = tl.load(basis_ptr + basis_offsets)
             sin_tile = tl.load(basis_ptr + WIN_PAD * F_PAD + basis_offsets)
             re = _dot(chunk, cos_tile, re, PRECISION, EMULATE_BF16)
             im = _dot(chunk, sin_tile, im, PRECISION, EMULATE_BF16)
-        spectrum = re * re + im * im
-        if POWER_MODE == 1:
-            spectrum = tl.sqrt(spectrum)
-        elif POWER_MODE == 2:
-            safe = tl.maximum(spectrum, 1e-30)
-            spectrum = tl.where(spectrum > 0.0, tl.exp(0.5 * power * tl.log(safe)), 0.0)
+        spectrum = _power(re, im, power, POWER_MODE)
         fb_tile = tl.load(fb_ptr + (f0 + bins)[:, None] * M_PAD + mels[None, :])
         mel = _dot(spectrum, fb_tile, mel, PRECISION, EMULATE_BF16)
-
-    if LOG_MODE == 1:
-        mel = tl.log(mel + log_eps)
-    elif LOG_MODE == 2:
-        mel = tl.log(tl.maximum(mel, log_eps))
-    elif LOG_MODE == 3:
-        mel = tl.log(tl.maximum(mel, log_eps)) * 0.4342944819032518
-    elif LOG_MODE == 4:
-        mel = tl.log(tl.maximum(mel, 1e-10)) * 4.342944819032518
-    if AFFINE:
-        mel = (mel + shift) / divisor
-    mel = tl.where(frame_ok[:, None], mel, pad_value)
-    out_offsets = (item.to(tl.int64) * n_mels * n_frames + mels[None, :] * n_frames
-                   + frames[:, None])
-    tl.store(out_ptr + out_offsets, mel, mask=(frames[:, None] < n_frames)
-             & (mels[None, :] < n_mels))
+    _log_and_store(mel, out_ptr, item, frames, frame_ok, mels, n_frames, n_mels, log_eps, shift,
+                   divisor, pad_value, LOG_MODE, AFFINE)
 
 
 def _round_up(value: int, multiple: int) -> int:
