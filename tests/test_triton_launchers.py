@@ -12,14 +12,15 @@ import torch
 from kdcore import _backends
 from tests.ref64 import feature_loss64, kd_bce_loss64, kd_loss64
 
-pytestmark = pytest.mark.skipif(
-    _backends.triton_unavailable_reason(torch.device("cpu")) is not None,
-    reason=f"Triton cannot run here: {_backends.triton_unavailable_reason(torch.device('cpu'))}",
-)
+CPU_REASON = _backends.triton_unavailable_reason(torch.device("cpu"))
+CUDA_REASON = ("needs a CUDA GPU" if not torch.cuda.is_available()
+               else _backends.triton_unavailable_reason(torch.device("cuda")))
 
 
 @pytest.fixture
 def kernels():
+    if CPU_REASON is not None:
+        pytest.skip(f"Triton cannot run on CPU tensors here: {CPU_REASON}")
     return _backends.triton_kernels()
 
 
@@ -197,3 +198,82 @@ def test_chunked_kl_is_inf_not_nan_where_only_the_teacher_has_mass(chunked):
                                               1.0, True, False)
     assert loss[0] == np.inf and torch.isfinite(loss[1])
     assert torch.isfinite(grad_s).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled kernels on a GPU (skipped without one): every launcher against float64.
+# --------------------------------------------------------------------------------------------
+
+CUDA_CASES = [
+    ("kd", 0, (41, 401)), ("kd", 1, (41, 401)), ("kd", 2, (41, 401)),
+    ("kd", 0, (3, 70000)), ("kd", 2, (3, 70000)), ("kd", 1, (64, 32000)),
+    ("bce", None, (41, 527)), ("feature", 0, (41, 257)), ("feature", 1, (41, 257)),
+    ("feature", 2, (41, 257)), ("feature", 2, (3, 9000)),
+]
+
+
+@pytest.mark.skipif(CUDA_REASON is not None, reason=str(CUDA_REASON))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("op,kind,shape", CUDA_CASES, ids=lambda v: str(v))
+def test_cuda_launchers_match_float64(op, kind, shape, dtype):
+    check_launcher(_backends.triton_kernels(), op, kind, shape, dtype, torch.device("cuda"))
+
+
+@pytest.mark.parametrize("op,kind", [("kd", 2), ("bce", None), ("feature", 2)])
+def test_launcher_check_on_cpu(kernels, op, kind):
+    """The GPU check above, run small through the interpreter so that its logic is tested."""
+    check_launcher(kernels, op, kind, (6, 33), torch.float32, torch.device("cpu"))
+
+
+def check_launcher(kernels, op, kind, shape, dtype, device):
+    """One launcher on padded-stride inputs with masked (NaN) rows, labels and a grad scale,
+    against the float64 references."""
+    rows, width = shape
+    generator = torch.Generator().manual_seed(rows * width)
+    padded_s = torch.randn(rows, width + 3, dtype=torch.float64, generator=generator) * 3
+    padded_t = torch.randn(rows, width + 3, dtype=torch.float64, generator=generator) * 3
+    valid = torch.rand(rows, generator=generator) > 0.2
+    padded_s[~valid] = np.nan
+    student64 = padded_s.to(dtype).double()[:, :width]
+    teacher64 = padded_t.to(dtype).double()[:, :width]
+    student = padded_s.to(dtype).to(device)[:, :width]
+    teacher = padded_t.to(dtype).to(device)[:, :width]
+    loss_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = torch.tensor(0.5, dtype=loss_dtype, device=device)
+    if op == "kd":
+        labels = torch.randint(0, width, (rows,), generator=generator)
+        result = kernels.kd_loss_forward(student, teacher, labels.to(device), valid.to(device),
+                                         scale, 2.0, kind, 0.3, 0.7, True, True)
+        expected = kd_loss64(student64.numpy(), teacher64.numpy(), temperature=2.0,
+                             kind=("kl", "reverse_kl", "jsd")[kind], beta=0.3,
+                             labels=labels.numpy(), alpha=0.7, mask=valid.numpy())
+    elif op == "bce":
+        labels = (torch.rand(rows, width, generator=generator) > 0.7).to(loss_dtype)
+        result = kernels.kd_bce_loss_forward(student, teacher, labels.to(device), valid.to(device),
+                                             scale, 2.0, 0.7, True, True)
+        expected = kd_bce_loss64(student64.numpy(), teacher64.numpy(), temperature=2.0,
+                                 labels=labels.numpy(), alpha=0.7, mask=valid.numpy())
+    else:
+        result = kernels.feature_loss_forward(student, teacher, valid.to(device), scale, kind,
+                                              True, True)
+        expected = feature_loss64(student64.numpy(), teacher64.numpy(),
+                                  kind=("mse", "l1", "cosine")[kind], mask=valid.numpy())
+    loss_tol = {torch.float64: 1e-10}.get(dtype, 1e-5)
+    grad_tol = {torch.float64: 1e-10, torch.float32: 1e-5}.get(dtype, 1e-2)
+    loss, grad_s, grad_t = (tensor.cpu() for tensor in result)
+    assert _relative_error(loss, expected[0]) < loss_tol
+    assert _relative_error(grad_s, 0.5 * expected[1]) < grad_tol
+    assert _relative_error(grad_t, 0.5 * expected[2]) < grad_tol
+    assert grad_s.dtype == dtype and loss.dtype == loss_dtype
+
+
+@pytest.mark.skipif(CUDA_REASON is not None, reason=str(CUDA_REASON))
+def test_cuda_scale_grad_scalar_one_is_a_no_op_without_sync():
+    kernels = _backends.triton_kernels()
+    grad = torch.randn(64, 1000, device="cuda").bfloat16()
+    before = grad.clone()
+    one = torch.ones((), device="cuda")
+    kernels.scale_grad_(grad, one)
+    assert torch.equal(grad, before)
+    kernels.scale_grad_(grad, one * 3)
+    assert torch.equal(grad, (before.float() * 3).bfloat16())
