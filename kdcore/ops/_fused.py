@@ -43,7 +43,8 @@ def apply_grad_output(grad: torch.Tensor, grad_output: torch.Tensor, backend: st
             )
         scale_grad_(grad, grad_output)
         return grad
-    if grad_output.numel() == 1 and float(grad_output) == 1.0:
+    if (grad_output.numel() == 1 and not torch.compiler.is_compiling()
+            and float(grad_output) == 1.0):
         return grad
     shaped = grad_output.reshape(grad_output.shape + (1,) * (grad.dim() - grad_output.dim()))
     return (grad.to(shaped.dtype) * shaped).to(grad.dtype)
@@ -56,6 +57,9 @@ def register_fused_autograd(op: torch.library.CustomOpDef, num_inputs: int,
 
     def setup_context(ctx, inputs, output):
         _, grad_student, grad_teacher = output
+        # The gradient outputs are never differentiated: pass None for them, not a zero-filled
+        # gradient-sized tensor each backward.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(grad_student, grad_teacher)
         ctx.kdcore_backend = inputs[backend_index]
         ctx.kdcore_shapes = (inputs[0].shape, inputs[1].shape)
@@ -65,8 +69,10 @@ def register_fused_autograd(op: torch.library.CustomOpDef, num_inputs: int,
                 and not torch.compiler.is_compiling()):
             # Raise the clear error before ctx.saved_tensors, whose version check fires first.
             apply_grad_output(None, grad_loss, ctx.kdcore_backend, ctx)
-        grad_student, grad_teacher = ctx.saved_tensors
         grads = [None] * num_inputs
+        if grad_loss is None:  # the loss does not reach the output being differentiated
+            return tuple(grads)
+        grad_student, grad_teacher = ctx.saved_tensors
         for index, (name, grad) in enumerate((("student", grad_student),
                                               ("teacher", grad_teacher))):
             if not ctx.needs_input_grad[index]:
