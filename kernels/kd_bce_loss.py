@@ -28,34 +28,26 @@ from ._common import (
 
 
 @triton.jit
-def _sigmoid(x):
-    """``1 / (1 + exp(-x))`` without overflow: ``exp`` only sees non-positive arguments."""
-    e = tl.exp(-tl.abs(x))
-    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-@triton.jit
-def _softplus(x):
-    """``log(1 + exp(x))`` as ``max(x, 0) + log1p(exp(-|x|))``, with an accurate log1p."""
+def _logistic_parts(x):
+    """``(sigmoid(x), sigmoid(-x), log1p(exp(-|x|)))`` from one ``exp`` and one ``log``; the
+    exponent is never positive, so nothing overflows."""
     e = tl.exp(-tl.abs(x))
     one_plus = 1.0 + e
+    inverse = 1.0 / one_plus
+    upper = tl.where(x >= 0, inverse, e * inverse)
+    lower = tl.where(x >= 0, e * inverse, inverse)
+    # log1p(e) accurately for tiny e: log(1 + e) * e / ((1 + e) - 1).
     log1p = tl.where(one_plus == 1.0, e, tl.log(one_plus) * (e / (one_plus - 1.0)))
-    return tl.maximum(x, 0.0) + log1p
+    return upper, lower, log1p
 
 
 @triton.jit
-def _bce(x, q, q_rest):
-    """``q softplus(-x) + q_rest softplus(x)`` with ``q_rest = 1 - q``; zero weights drop
-    their (possibly infinite) terms."""
-    positive = tl.where(q > 0, q * _softplus(-x), 0.0)
-    negative = tl.where(q_rest > 0, q_rest * _softplus(x), 0.0)
+def _bce(x, log1p, q, q_rest):
+    """``q softplus(-x) + q_rest softplus(x)`` with ``softplus(+-x) = max(+-x, 0) + log1p``;
+    zero weights drop their (possibly infinite) terms."""
+    positive = tl.where(q > 0, q * (tl.maximum(-x, 0.0) + log1p), 0.0)
+    negative = tl.where(q_rest > 0, q_rest * (tl.maximum(x, 0.0) + log1p), 0.0)
     return positive + negative
-
-
-@triton.jit
-def _bce_grad(x, q, q_rest):
-    """``d BCE(x, q) / dx = sigmoid(x) - q``, as ``q_rest sigmoid(x) - q sigmoid(-x)``."""
-    return q_rest * _sigmoid(x) - q * _sigmoid(-x)
 
 
 @triton.jit
@@ -84,13 +76,13 @@ def _kd_bce_kernel(
     s = tl.load(student_ptr + row * student_row_stride + cols, mask=read, other=0.0).to(ACC)
     t = tl.load(teacher_ptr + row * teacher_row_stride + cols, mask=read, other=0.0).to(ACC)
     x = s / temperature
-    u = t / temperature
-    q = _sigmoid(u)
-    q_rest = _sigmoid(-u)
-    loss = kd_weight * temperature * temperature * _bce(x, q, q_rest)
+    q, q_rest, _ = _logistic_parts(t / temperature)
+    sigmoid_x, sigmoid_minus_x, log1p_x = _logistic_parts(x)
+    loss = kd_weight * temperature * temperature * _bce(x, log1p_x, q, q_rest)
     if HAS_CE:
         y = tl.load(labels_ptr + row * n_cols + cols, mask=read, other=0.0).to(ACC)
-        loss += tl.where(ce_weight > 0, ce_weight * _bce(s, y, 1.0 - y), 0.0)
+        sigmoid_s, sigmoid_minus_s, log1p_s = _logistic_parts(s)
+        loss += tl.where(ce_weight > 0, ce_weight * _bce(s, log1p_s, y, 1.0 - y), 0.0)
     offsets = row * n_cols + cols
     tl.store(loss_ptr + offsets, tl.where(row_valid, loss, 0.0), mask=inside)
 
@@ -102,9 +94,10 @@ def _kd_bce_kernel(
     else:
         ce_factor = ce_weight
     if STUDENT_GRAD:
-        grad = factor * _bce_grad(x, q, q_rest)
+        # d BCE(x, q)/dx = sigmoid(x) - q, as q_rest sigmoid(x) - q sigmoid(-x) (no cancellation).
+        grad = factor * (q_rest * sigmoid_x - q * sigmoid_minus_x)
         if HAS_CE:
-            grad += ce_factor * _bce_grad(s, y, 1.0 - y)
+            grad += ce_factor * ((1.0 - y) * sigmoid_s - y * sigmoid_minus_s)
         grad = tl.where(row_valid, grad, 0.0)
         tl.store(grad_student_ptr + offsets, grad.to(grad_student_ptr.dtype.element_ty),
                  mask=inside)
