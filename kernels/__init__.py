@@ -19,7 +19,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on
 from .feature_loss import feature_loss_forward  # noqa: E402
 from .kd_bce_loss import kd_bce_loss_forward  # noqa: E402
 from .kd_loss import kd_loss_forward  # noqa: E402
-from .log_mel import log_mel_forward, log_mel_tables  # noqa: E402
+from .log_mel import log_mel_forward, log_mel_split_tables, log_mel_tables  # noqa: E402
 from .scale_grad import scale_grad_  # noqa: E402
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "kd_bce_loss_forward",
     "kd_loss_forward",
     "log_mel_forward",
+    "log_mel_split_tables",
     "log_mel_tables",
     "scale_grad_",
 ]

@@ -413,9 +413,13 @@ def dft_basis(window: torch.Tensor, n_fft: int, *, preemphasis: float = 0.0,
 def _triton_tables(config_key: tuple, device: torch.device) -> tuple:
     config = LogMelConfig(**dict(zip(LogMelConfig.__slots__, config_key, strict=True)))
     window, filterbank = _tables(config_key, torch.device("cpu"), torch.float64)
+    kernels = _backends.triton_kernels()
+    if config.n_fft % 2 == 0 and config.preemphasis == 0.0 and not config.remove_dc_offset:
+        # only windowed frames: the even/odd split kernel does half the multiply-adds
+        return kernels.log_mel_split_tables(window, config.n_fft, filterbank.to(device))
     basis = dft_basis(window, config.n_fft, preemphasis=config.preemphasis,
                       remove_dc_offset=config.remove_dc_offset)
-    return _backends.triton_kernels().log_mel_tables(basis.to(device), filterbank.to(device))
+    return kernels.log_mel_tables(basis.to(device), filterbank.to(device))
 
 
 @torch.library.custom_op("kdcore::log_mel", mutates_args=())
@@ -435,9 +439,9 @@ def _log_mel_op(waveform: torch.Tensor, lengths: torch.Tensor, valid_frames: tor
             LOGS.index(config.log), config.log_eps, config.shift, config.divisor,
             config.pad_value)
     if backend == "triton":
-        basis, filterbank_padded = _triton_tables(config.key(), waveform.device)
         return _backends.triton_kernels().log_mel_forward(
-            waveform.contiguous(), lengths, valid_frames, basis, filterbank_padded,
+            waveform.contiguous(), lengths, valid_frames,
+            _triton_tables(config.key(), waveform.device),
             n_fft=config.n_fft, win_length=config.win_length, hop_length=config.hop_length,
             lead=config.lead, n_mels=config.n_mels, n_frames=n_frames,
             pad_mode=PAD_MODES.index(config.pad_mode), power=config.power,
