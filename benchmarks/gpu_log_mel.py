@@ -13,9 +13,9 @@ Providers: ``kdcore-<precision>`` for ``ieee``, ``tf32x3``, ``tf32``, ``bf16``;
 (``torch.stft`` -> ``abs()**2`` -> mel matmul -> log).
 
 Floors (printed and stored): the fused kernel must read the waveform and write the features
-once (bandwidth floor, against a device-to-device copy timed in the run), and its dense DFT plus
-mel projection costs ``2*(2*F_pad*win_pad + F_pad*M_pad)`` flops per frame (compute floor,
-against an fp32 / tf32 / bf16 matmul timed in the run).
+once (bandwidth floor, against a device-to-device copy timed in the run), and its DFT plus mel
+projection costs the flops of its padded tiles (compute floor, against an fp32 / tf32 / bf16
+matmul timed in the run); see ``kernel_flops_per_frame``.
 
 Usage::
 
@@ -175,31 +175,44 @@ def check(fn: Callable, batch: torch.Tensor, mel64: torch.Tensor) -> dict:
     }
 
 
-def floors(batch_size: int, samples: int, frames: int, bandwidth: float,
-           throughput: dict) -> dict:
-    f_pad, win_pad, m_pad = 224, 416, 128  # the kernel's padded tiles for n_fft 400, 80 mels
-    flops_per_frame = 2 * (2 * f_pad * win_pad + f_pad * m_pad)
-    flops_exact = 2 * (2 * 201 * 400 + 201 * 80)
+def kernel_flops_per_frame(device: torch.device) -> int:
+    """Multiply-adds x 2 per frame of the Triton kernel chosen for SETTINGS, on its padded tiles:
+    the split kernel does 4 dots of (half_pad x K_pad) plus 2 mel dots of (K_pad x M_pad); the
+    direct one 2 dots of (win_pad x F_pad) plus one of (F_pad x M_pad)."""
+    from kdcore.ops.log_mel import LogMelConfig, _triton_tables
+
+    tables = _triton_tables(LogMelConfig(**SETTINGS).key(), device)
+    _, rows, cols = tables.basis.shape
+    m_pad = tables.filterbank.shape[-1]
+    if tables.twiddle is not None:
+        return 2 * (4 * rows * cols + 2 * cols * m_pad)
+    return 2 * (2 * rows * cols + cols * m_pad)
+
+
+def floors(batch_size: int, samples: int, frames: int, bandwidth: float, throughput: dict,
+           flops_per_frame: int) -> dict:
+    dense_dft = 2 * (2 * 201 * 400 + 201 * 80)  # unpadded dense DFT + mel, for reference
     total_frames = batch_size * frames
     moved = batch_size * samples * 4 + total_frames * 80 * 4
     return {
         "bytes": moved,
         "bandwidth_floor_ms": moved / bandwidth,
-        "flops_padded": flops_per_frame * total_frames,
-        "flops_exact": flops_exact * total_frames,
+        "flops_kernel_padded": flops_per_frame * total_frames,
+        "flops_dense_dft_unpadded": dense_dft * total_frames,
         "compute_floor_ms": {mode: flops_per_frame * total_frames / rate
                              for mode, rate in throughput.items()},
     }
 
 
 def run_batch(batch_size: int, device: torch.device, fns: dict, bandwidth: float,
-              throughput: dict, samples: int) -> dict:
+              throughput: dict, samples: int, flops_per_frame: int) -> dict:
     generator = torch.Generator(device="cpu").manual_seed(batch_size)
     batch = (torch.randn(batch_size, samples, generator=generator) * 0.1).to(device)
     mel64 = stft_power(batch.double())
     frames = mel64.shape[-1]
     case = {"batch": batch_size, "seconds_per_clip": samples / SAMPLE_RATE, "frames": frames,
-            "floors": floors(batch_size, samples, frames, bandwidth, throughput), "providers": {}}
+            "floors": floors(batch_size, samples, frames, bandwidth, throughput,
+                              flops_per_frame), "providers": {}}
     for name, fn in fns.items():
         if fn is None:
             continue
@@ -240,9 +253,10 @@ def format_table(cases: list[dict]) -> str:
                          f"{'yes' if entry['correct'] else 'NO'}")
         floor = case["floors"]
         compute = ", ".join(f"{mode} {ms:.4f}" for mode, ms in floor["compute_floor_ms"].items())
+        gflops = floor["flops_kernel_padded"] / 1e9
         lines.append(f"      floors: bandwidth {floor['bandwidth_floor_ms']:.4f} ms "
-                     f"({floor['bytes'] / 1e6:.1f} MB); compute ({floor['flops_padded'] / 1e9:.2f}"
-                     f" GFLOP padded) ms: {compute}")
+                     f"({floor['bytes'] / 1e6:.1f} MB); compute ({gflops:.2f} GFLOP padded) "
+                     f"ms: {compute}")
     return "\n".join(lines)
 
 
@@ -297,9 +311,11 @@ def main(args: argparse.Namespace) -> int:
     bandwidth = copy_bandwidth(device)
     throughput = matmul_throughput(device)
     fns = providers(device, args.precisions)
+    flops_per_frame = kernel_flops_per_frame(device)
     cases = []
     for batch_size in batches:
-        cases.append(run_batch(batch_size, device, fns, bandwidth, throughput, samples))
+        cases.append(run_batch(batch_size, device, fns, bandwidth, throughput, samples,
+                               flops_per_frame))
         print(f"done batch {batch_size}", file=sys.stderr, flush=True)
     targets = evaluate_targets(cases)
     print(f"device: {device_name}; torch {torch.__version__}; copy {bandwidth / 1e6:.0f} GB/s; "
