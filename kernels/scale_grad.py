@@ -3,7 +3,7 @@
 The backward of a fused loss only multiplies the gradient saved in the forward pass by
 ``grad_output``. With a scalar ``grad_output`` the kernel reads it on the device and leaves the
 gradient untouched when it is 1, so the common ``loss.backward()`` costs no host sync and no
-memory traffic beyond one scalar read per program.
+memory traffic beyond one scalar read per program (at most ``MAX_PROGRAMS`` of them).
 """
 
 from __future__ import annotations
@@ -15,29 +15,40 @@ import triton.language as tl
 from ._common import FLOAT_DTYPES
 
 BLOCK = 2048
+MAX_PROGRAMS = 4096  # grid cap: a no-op scalar backward launches at most this many programs
 SCALAR, PER_ROW, ELEMENTWISE = 0, 1, 2
 
 
 @triton.jit
 def _scale_grad_kernel(grad_ptr, grad_output_ptr, numel, n_cols, go_row_stride, go_col_stride,
                        MODE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offsets < numel
+    """Grid-stride loop over the flattened ``grad``; in MODE 0 (scalar) every program reads the
+    scalar once and skips the loop when it is 1."""
+    first = tl.program_id(0).to(tl.int64) * BLOCK
+    step = tl.num_programs(0).to(tl.int64) * BLOCK
+    lanes = tl.arange(0, BLOCK)
     if MODE == 0:
         factor = tl.load(grad_output_ptr).to(ACC)
         if factor != 1.0:
+            for start in range(first, numel, step):
+                offsets = start + lanes
+                inside = offsets < numel
+                grad = tl.load(grad_ptr + offsets, mask=inside).to(ACC)
+                tl.store(grad_ptr + offsets, (grad * factor).to(grad_ptr.dtype.element_ty),
+                         mask=inside)
+    else:
+        for start in range(first, numel, step):
+            offsets = start + lanes
+            inside = offsets < numel
+            rows = offsets // n_cols
+            if MODE == 1:
+                go_offsets = rows * go_row_stride
+            else:
+                go_offsets = rows * go_row_stride + (offsets - rows * n_cols) * go_col_stride
+            factor = tl.load(grad_output_ptr + go_offsets, mask=inside).to(ACC)
             grad = tl.load(grad_ptr + offsets, mask=inside).to(ACC)
             tl.store(grad_ptr + offsets, (grad * factor).to(grad_ptr.dtype.element_ty),
                      mask=inside)
-    else:
-        rows = offsets // n_cols
-        if MODE == 1:
-            go_offsets = rows * go_row_stride
-        else:
-            go_offsets = rows * go_row_stride + (offsets - rows * n_cols) * go_col_stride
-        factor = tl.load(grad_output_ptr + go_offsets, mask=inside).to(ACC)
-        grad = tl.load(grad_ptr + offsets, mask=inside).to(ACC)
-        tl.store(grad_ptr + offsets, (grad * factor).to(grad_ptr.dtype.element_ty), mask=inside)
 
 
 def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
@@ -75,7 +86,7 @@ def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
             f"{tuple(grad_output.shape)}"
         )
     acc = tl.float64 if grad.dtype == torch.float64 else tl.float32
-    _scale_grad_kernel[(triton.cdiv(numel, BLOCK),)](
+    _scale_grad_kernel[(min(triton.cdiv(numel, BLOCK), MAX_PROGRAMS),)](
         grad, grad_output, numel, n_cols, row_stride, col_stride,
         MODE=mode, BLOCK=BLOCK, ACC=acc, num_warps=8,
     )

@@ -277,3 +277,16 @@ def test_cuda_scale_grad_scalar_one_is_a_no_op_without_sync():
     assert torch.equal(grad, before)
     kernels.scale_grad_(grad, one * 3)
     assert torch.equal(grad, (before.float() * 3).bfloat16())
+
+
+def test_scale_grad_grid_stride_loop(kernels, monkeypatch):
+    """With the grid capped at 3 programs, each program loops over many blocks."""
+    from kdcore.kernels import scale_grad as scale_module
+
+    monkeypatch.setattr(scale_module, "MAX_PROGRAMS", 3)
+    grad = torch.randn(37, 501)
+    for grad_output in (torch.tensor(-0.5), torch.randn(37), torch.randn(37, 501)):
+        scaled = grad.clone()
+        kernels.scale_grad_(scaled, grad_output)
+        factor = grad_output[:, None] if grad_output.shape == (37,) else grad_output
+        torch.testing.assert_close(scaled, grad * factor, rtol=0, atol=0)
