@@ -540,6 +540,7 @@ class Distiller:
             state = ckpt.load(checkpoint_path)
         else:
             ckpt.seed_everything(self.seed)
+            self.history = History()  # a fresh run starts a fresh record
 
         loader = batching.TrainLoader(train_loader, seed=self.seed, rank=self.dist.rank,
                                       world_size=self.dist.world_size,
