@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -14,6 +16,14 @@ def compute_dtypes(dtype: torch.dtype) -> tuple[tl.dtype, torch.dtype]:
     if dtype == torch.float64:
         return tl.float64, torch.float64
     return tl.float32, torch.float32
+
+
+def on_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make ``tensor``'s GPU the current device for a launch (Triton launches on the current
+    device, which need not be the tensors')."""
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
 
 
 def split_float(value: float) -> tuple[float, float]:

@@ -21,6 +21,7 @@ from ._common import (
     compute_dtypes,
     elementwise_block,
     next_pow2,
+    on_device,
     split_float,
     warps_for_block,
 )
@@ -182,16 +183,17 @@ def feature_loss_forward(student: torch.Tensor, teacher: torch.Tensor,
         grad_student if student_grad else loss,
         grad_teacher if teacher_grad else loss,
     )
-    if kind == 2:
-        block = min(next_pow2(n_cols), ROW_BLOCK_MAX)
-        _cosine_kernel[(rows,)](
-            *pointers, n_cols, student.stride(0), teacher.stride(0), *split_float(COSINE_EPS),
-            BLOCK=block, num_warps=warps_for_block(block), **common,
-        )
-    else:
-        block, num_warps = elementwise_block(n_cols)
-        _elementwise_kernel[(rows, triton.cdiv(n_cols, block))](
-            *pointers, n_cols, student.stride(0), teacher.stride(0),
-            KIND=int(kind), BLOCK=block, num_warps=num_warps, **common,
-        )
+    with on_device(student):
+        if kind == 2:
+            block = min(next_pow2(n_cols), ROW_BLOCK_MAX)
+            _cosine_kernel[(rows,)](
+                *pointers, n_cols, student.stride(0), teacher.stride(0), *split_float(COSINE_EPS),
+                BLOCK=block, num_warps=warps_for_block(block), **common,
+            )
+        else:
+            block, num_warps = elementwise_block(n_cols)
+            _elementwise_kernel[(rows, triton.cdiv(n_cols, block))](
+                *pointers, n_cols, student.stride(0), teacher.stride(0),
+                KIND=int(kind), BLOCK=block, num_warps=num_warps, **common,
+            )
     return loss, grad_student, grad_teacher

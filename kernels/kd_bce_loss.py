@@ -23,6 +23,7 @@ from ._common import (
     check_rows,
     compute_dtypes,
     elementwise_block,
+    on_device,
     split_float,
 )
 
@@ -155,19 +156,20 @@ def kd_bce_loss_forward(student: torch.Tensor, teacher: torch.Tensor,
     has_ce = labels is not None
     kd_weight = float(alpha) if has_ce else 1.0
     block, num_warps = elementwise_block(n_cols)
-    _kd_bce_kernel[(rows, triton.cdiv(n_cols, block))](
-        student, teacher,
-        labels if has_ce else loss,
-        valid.contiguous().view(torch.uint8) if valid is not None else student,
-        grad_scale if grad_scale is not None else loss,
-        loss,
-        grad_student if student_grad else loss,
-        grad_teacher if teacher_grad else loss,
-        n_cols, student.stride(0), teacher.stride(0),
-        *split_float(float(temperature)), *split_float(kd_weight),
-        *split_float(1.0 - kd_weight if has_ce else 0.0),
-        HAS_CE=has_ce, HAS_VALID=valid is not None, HAS_SCALE=grad_scale is not None,
-        STUDENT_GRAD=bool(student_grad), TEACHER_GRAD=bool(teacher_grad),
-        BLOCK=block, ACC=acc_dtype, num_warps=num_warps,
-    )
+    with on_device(student):
+        _kd_bce_kernel[(rows, triton.cdiv(n_cols, block))](
+            student, teacher,
+            labels if has_ce else loss,
+            valid.contiguous().view(torch.uint8) if valid is not None else student,
+            grad_scale if grad_scale is not None else loss,
+            loss,
+            grad_student if student_grad else loss,
+            grad_teacher if teacher_grad else loss,
+            n_cols, student.stride(0), teacher.stride(0),
+            *split_float(float(temperature)), *split_float(kd_weight),
+            *split_float(1.0 - kd_weight if has_ce else 0.0),
+            HAS_CE=has_ce, HAS_VALID=valid is not None, HAS_SCALE=grad_scale is not None,
+            STUDENT_GRAD=bool(student_grad), TEACHER_GRAD=bool(teacher_grad),
+            BLOCK=block, ACC=acc_dtype, num_warps=num_warps,
+        )
     return loss, grad_student, grad_teacher

@@ -32,6 +32,7 @@ from ._common import (
     check_rows,
     compute_dtypes,
     next_pow2,
+    on_device,
     split_float,
 )
 
@@ -359,20 +360,21 @@ def kd_loss_forward(student: torch.Tensor, teacher: torch.Tensor, labels: torch.
     has_ce = labels is not None
     single, block, num_warps = launch_config(n_cols)
     kd_weight = float(alpha) if has_ce else 1.0
-    _kd_loss_kernel[(rows,)](
-        student, teacher,
-        labels.contiguous() if has_ce else student,
-        valid.contiguous().view(torch.uint8) if valid is not None else student,
-        grad_scale if grad_scale is not None else student,
-        row_loss,
-        grad_student if student_grad else row_loss,
-        grad_teacher if teacher_grad else row_loss,
-        n_cols, student.stride(0), teacher.stride(0),
-        *split_float(float(temperature)), *split_float(float(beta)),
-        *split_float(kd_weight), *split_float(1.0 - kd_weight if has_ce else 0.0),
-        KIND=int(kind), HAS_CE=has_ce, CE_SEPARATE=has_ce and float(temperature) != 1.0,
-        HAS_VALID=valid is not None, HAS_SCALE=grad_scale is not None,
-        STUDENT_GRAD=bool(student_grad), TEACHER_GRAD=bool(teacher_grad),
-        SINGLE=single, BLOCK=block, ACC=acc_dtype, num_warps=num_warps,
-    )
+    with on_device(student):
+        _kd_loss_kernel[(rows,)](
+            student, teacher,
+            labels.contiguous() if has_ce else student,
+            valid.contiguous().view(torch.uint8) if valid is not None else student,
+            grad_scale if grad_scale is not None else student,
+            row_loss,
+            grad_student if student_grad else row_loss,
+            grad_teacher if teacher_grad else row_loss,
+            n_cols, student.stride(0), teacher.stride(0),
+            *split_float(float(temperature)), *split_float(float(beta)),
+            *split_float(kd_weight), *split_float(1.0 - kd_weight if has_ce else 0.0),
+            KIND=int(kind), HAS_CE=has_ce, CE_SEPARATE=has_ce and float(temperature) != 1.0,
+            HAS_VALID=valid is not None, HAS_SCALE=grad_scale is not None,
+            STUDENT_GRAD=bool(student_grad), TEACHER_GRAD=bool(teacher_grad),
+            SINGLE=single, BLOCK=block, ACC=acc_dtype, num_warps=num_warps,
+        )
     return row_loss, grad_student, grad_teacher

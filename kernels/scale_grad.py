@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FLOAT_DTYPES
+from ._common import FLOAT_DTYPES, on_device
 
 BLOCK = 2048
 MAX_PROGRAMS = 4096  # grid cap: a no-op scalar backward launches at most this many programs
@@ -86,7 +86,8 @@ def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
             f"{tuple(grad_output.shape)}"
         )
     acc = tl.float64 if grad.dtype == torch.float64 else tl.float32
-    _scale_grad_kernel[(min(triton.cdiv(numel, BLOCK), MAX_PROGRAMS),)](
-        grad, grad_output, numel, n_cols, row_stride, col_stride,
-        MODE=mode, BLOCK=BLOCK, ACC=acc, num_warps=8,
-    )
+    with on_device(grad):
+        _scale_grad_kernel[(min(triton.cdiv(numel, BLOCK), MAX_PROGRAMS),)](
+            grad, grad_output, numel, n_cols, row_stride, col_stride,
+            MODE=mode, BLOCK=BLOCK, ACC=acc, num_warps=8,
+        )
