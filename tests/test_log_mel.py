@@ -357,3 +357,24 @@ def test_triton_direct_and_split_kernels_match_numpy(n_fft, win_length):
             assert_matches(out[item, :, :frames], x[item, :length].double().numpy(), log=None,
                            **options)
             assert (out[item, :, frames:] == 0).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton)")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_triton_cuda_matches_numpy(case):
+    """The compiled kernels on the GPU: real 16 kHz geometry and the small cases, ieee mode,
+    variable lengths, against float64 numpy."""
+    options = {**SMALL, **CASES[case]}
+    x = torch.randn(3, 4001) * 0.3
+    lengths = torch.tensor([4001, 2500, 1]) if options.get("center", True) else None
+    out = kdcore.log_mel(x.cuda(), backend="triton", lengths=None if lengths is None
+                         else lengths.cuda(), **options).cpu()
+    for item in range(2):
+        length = 4001 if lengths is None else int(lengths[item])
+        frames = int(kdcore.num_frames(length, n_fft=options["n_fft"], hop_length=48,
+                                       center=options.get("center", True),
+                                       win_length=options.get("win_length")))
+        assert_matches(out[item, :, :frames], x[item, :length].double().numpy(), **options)
+    speech = torch.randn(2, 160000) * 0.1
+    features = kdcore.log_mel(speech.cuda(), backend="triton", log=None).cpu()
+    assert_matches(features[1], speech[1].double().numpy(), log=None)
