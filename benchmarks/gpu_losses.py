@@ -383,6 +383,14 @@ def write_results(path: Path, device_name: str, cases: list[dict], copy_bw: dict
         "temperature": TEMPERATURE,
         "timing": "triton.testing.do_bench, quantiles [0.5, 0.2, 0.8], ms; backward = full - "
                   "forward (medians)",
+        "providers": {
+            "kdcore-triton": "kdcore.kd_loss(backend='triton'): fused Triton forward that also "
+                             "writes the gradient; backward scales it in place",
+            "eager-reference": "kdcore.kd_loss(backend='reference'): plain torch ops",
+            "compile-reference": "torch.compile(kd_loss_reference, dynamic=False)",
+            "liger": "fp32 torch log_softmax/softmax feeding LigerKLDIVLoss(batchmean) or "
+                     "LigerJSD(beta=0.5), times T^2",
+        },
         "copy_bandwidth_GBps": copy_bw,
         "targets": TARGETS,
         "cases": cases,
