@@ -378,3 +378,17 @@ def test_triton_cuda_matches_numpy(case):
     speech = torch.randn(2, 160000) * 0.1
     features = kdcore.log_mel(speech.cuda(), backend="triton", log=None).cpu()
     assert_matches(features[1], speech[1].double().numpy(), log=None)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_many_frames_with_lengths(backend):
+    """Several of the C++ path's 128-frame chunks, an item ending inside a chunk."""
+    require(backend)
+    x = torch.randn(2, 20000) * 0.3
+    lengths = torch.tensor([20000, 13337])
+    out = kdcore.log_mel(x, lengths=lengths, backend=backend, pad_value=-1.0, **SMALL)
+    assert out.shape == (2, 24, 1 + 20000 // 48)
+    for item, length in enumerate(lengths.tolist()):
+        frames = 1 + length // 48
+        assert_matches(out[item, :, :frames], x[item, :length].double().numpy(), **SMALL)
+        assert (out[item, :, frames:] == -1.0).all()
