@@ -94,8 +94,9 @@ def check_rows(name: str, tensor: torch.Tensor | None, rows: int, dtype: torch.d
         )
 
 
-def check_grad_scale(grad_scale: torch.Tensor | None, loss_dtype: torch.dtype,
-                     device: torch.device) -> None:
+def check_grad_scale(grad_scale: torch.Tensor | None, device: torch.device) -> None:
+    """An optional one-element float tensor on ``device`` (read by the kernels in their
+    accumulation dtype)."""
     if grad_scale is None:
         return
     if grad_scale.numel() != 1 or grad_scale.device != device:

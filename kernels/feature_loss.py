@@ -160,7 +160,7 @@ def feature_loss_forward(student: torch.Tensor, teacher: torch.Tensor,
     device = student.device
     acc_dtype, loss_dtype = compute_dtypes(student.dtype)
     check_rows("valid", valid, rows, torch.bool, device)
-    check_grad_scale(grad_scale, loss_dtype, device)
+    check_grad_scale(grad_scale, device)
 
     loss_shape = (rows,) if kind == 2 else (rows, n_cols)
     loss = torch.empty(loss_shape, dtype=loss_dtype, device=device)

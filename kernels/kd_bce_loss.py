@@ -136,7 +136,7 @@ def kd_bce_loss_forward(student: torch.Tensor, teacher: torch.Tensor,
     device = student.device
     acc_dtype, loss_dtype = compute_dtypes(student.dtype)
     check_rows("valid", valid, rows, torch.bool, device)
-    check_grad_scale(grad_scale, loss_dtype, device)
+    check_grad_scale(grad_scale, device)
     if labels is not None:
         if (labels.shape != student.shape or labels.dtype != loss_dtype
                 or not labels.is_contiguous() or labels.device != device):

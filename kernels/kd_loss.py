@@ -347,7 +347,7 @@ def kd_loss_forward(student: torch.Tensor, teacher: torch.Tensor, labels: torch.
     acc_dtype, loss_dtype = compute_dtypes(student.dtype)
     check_rows("labels", labels, rows, torch.int64, device)
     check_rows("valid", valid, rows, torch.bool, device)
-    check_grad_scale(grad_scale, loss_dtype, device)
+    check_grad_scale(grad_scale, device)
 
     row_loss = torch.empty(rows, dtype=loss_dtype, device=device)
     grad_student = (torch.empty((rows, n_cols), dtype=student.dtype, device=device)
