@@ -36,6 +36,9 @@ from functools import partial
 from pathlib import Path
 
 SHAPES = [(4096, 527), (32768, 5000), (8192, 32000)]
+# Launch-bound sizes (Liger#323: a kernel path can lose to eager when the CPU is the bound):
+# a 10-class FSDD batch and a small AudioSet batch. Reported, not gated.
+SMALL_SHAPES = [(256, 10), (512, 527)]
 LARGE_SHAPES = [(32768, 5000), (8192, 32000)]
 DRY_RUN_SHAPES = [(16, 37), (8, 300)]
 KINDS = ["kl", "jsd"]
@@ -52,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true",
                         help="CPU smoke test: Triton interpreter, tiny shapes, wall-clock timer")
-    parser.add_argument("--quick", action="store_true", help="only the smallest shape")
+    parser.add_argument("--quick", action="store_true", help="only the smallest issue shape")
+    parser.add_argument("--no-small", action="store_true",
+                        help="skip the launch-bound small shapes")
     parser.add_argument("--kinds", nargs="+", default=KINDS, choices=KINDS)
     parser.add_argument("--dtypes", nargs="+", default=DTYPES, choices=DTYPES)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
@@ -305,9 +310,10 @@ def evaluate_targets(case: dict, shape: tuple[int, int], timed: bool) -> dict:
     fraction = case.get("floor_fraction")
     targets["floor>=80%"] = (fraction >= TARGETS["floor_fraction"]
                              if large and fraction is not None else None)
+    gated = timed and list(shape) not in [list(s) for s in SMALL_SHAPES]
     for key, name in (("vs_eager", ">=2x eager"), ("vs_compile", ">=1x compile")):
         value = case.get(key)
-        targets[name] = value >= TARGETS[key] if value is not None and timed else None
+        targets[name] = value >= TARGETS[key] if value is not None and gated else None
     peak = ours.get("peak_extra_bytes")
     # One gradient plus per-row scratch and allocator rounding.
     allowance = case["gradient_bytes"] + 64 * case["shape"][0] + (1 << 20)
@@ -411,6 +417,8 @@ def main(args: argparse.Namespace) -> int:
         device = torch.device("cuda")
         device_name = torch.cuda.get_device_name(device)
         shapes = SHAPES[:1] if args.quick else SHAPES
+        if not args.no_small:
+            shapes = SMALL_SHAPES + shapes
     output = args.output
     if output is None:
         output = (Path(os.environ.get("TMPDIR", "/tmp")) / "kdcore-gpu-losses-dry-run.json"
