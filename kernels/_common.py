@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -32,8 +34,8 @@ def split_float(value: float) -> tuple[float, float]:
     Triton passes Python floats as fp32; the kernels rebuild ``hi + lo`` in their accumulation
     dtype, so fp64 kernels see the scalar to about 48 bits and fp32 kernels see ``fp32(value)``.
     """
-    hi = float(torch.tensor(value, dtype=torch.float32))
-    lo = float(torch.tensor(value - hi, dtype=torch.float32)) if abs(hi) != float("inf") else 0.0
+    hi = float(np.float32(value))  # numpy, not a torch tensor: this runs on every launch
+    lo = float(np.float32(value - hi)) if math.isfinite(hi) else 0.0
     return hi, lo
 
 
