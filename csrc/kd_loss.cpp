@@ -72,6 +72,21 @@ struct Normaliser {
   bool unique_top;
 };
 
+// softplus(x) and softplus(-x) from one exp and one log1p; x = NaN (both distributions 0 at
+// a class) gives 0 and 0, harmless since such terms are guarded by p > 0.
+template <typename acc_t>
+struct SoftplusPair {
+  C10_ALWAYS_INLINE explicit SoftplusPair(acc_t x) {
+    const acc_t magnitude = x > 0 ? x : -x;
+    const acc_t tail = exp_vec(-magnitude);
+    const acc_t shared = log1p_unit(magnitude <= acc_t(1e4) ? tail : acc_t(0));
+    positive = (x > 0 ? x : acc_t(0)) + shared;
+    negative = (x < 0 ? -x : acc_t(0)) + shared;
+  }
+  acc_t positive;
+  acc_t negative;
+};
+
 template <typename acc_t>
 inline void count_top(acc_t e, acc_t& top, acc_t& rest) {
   top += e >= 1 ? acc_t(1) : acc_t(0);
@@ -226,32 +241,34 @@ void kd_loss_row(const scalar_t* __restrict student_row, const scalar_t* __restr
   } else {
     // JSD. With m = beta p_t + (1-beta) p_s and L = log((1-beta)/beta) + log p_s - log p_t:
     //   log p_t - log m = -log beta - softplus(L),  log p_s - log m = -log(1-beta) - softplus(-L),
-    // so KL(p_t||m) = -log beta - sum p_t A, KL(p_s||m) = -log(1-beta) - sum p_s B with
+    // so KL(p_t||m) = sum p_t (-log beta - A), KL(p_s||m) = sum p_s (-log(1-beta) - B) with
     // A = softplus(L), B = softplus(-L). The gradients need A_k - sum p_t A (B alike), small
     // numbers that this form keeps exact where log p - log m would cancel to rounding noise.
     // At beta = 0 or 1 the divergence is identically 0. Classes where both probabilities are
     // 0 give NaN L; their terms are guarded by p > 0.
     const acc_t beta = static_cast<acc_t>(options.beta);
     if (beta > 0 && beta < 1) {
-      const acc_t log_beta = std::log(beta);
-      const acc_t log_one_minus_beta = std::log1p(-beta);
-      const acc_t log_weight_ratio = log_one_minus_beta - log_beta;
+      const acc_t log_weight_ratio = std::log1p(-beta) - std::log(beta);
+      // -log beta = softplus(log_weight_ratio), -log(1-beta) = softplus(-log_weight_ratio),
+      // evaluated exactly as the per-class terms so equal distributions give exactly 0.
+      const SoftplusPair<acc_t> at_equal(log_weight_ratio);
+      const acc_t neg_log_beta = at_equal.positive;
+      const acc_t neg_log_one_minus_beta = at_equal.negative;
       acc_t sum_a = 0;  // sum p_t A
       acc_t sum_b = 0;  // sum p_s B
       acc_t sum_a_rest = 0;  // the same sums without the unique top class
       acc_t sum_b_rest = 0;
-#pragma omp simd reduction(+ : sum_a, sum_b, sum_a_rest, sum_b_rest)
+      acc_t kl_t = 0;  // KL(p_t||m) = sum p_t (-log beta - A), summed per class: no bias
+      acc_t kl_s = 0;  // from a rounded sum p = 1 when the divergence is tiny
+#pragma omp simd reduction(+ : sum_a, sum_b, sum_a_rest, sum_b_rest, kl_t, kl_s)
       for (int64_t c = 0; c < classes; ++c) {
         const acc_t log_p_s = (raw_s[c] - max_s) * inv_t - norm_s.log_sum;
         const acc_t log_p_t = (raw_t[c] - max_t) * inv_t - norm_t.log_sum;
         const acc_t p_s = exp_s[c] * norm_s.inv_sum;
         const acc_t p_t = exp_t[c] * norm_t.inv_sum;
-        const acc_t mix = log_weight_ratio + (log_p_s - log_p_t);
-        const acc_t magnitude = mix > 0 ? mix : -mix;
-        const acc_t tail = exp_vec(-magnitude);
-        const acc_t shared = log1p_unit(magnitude <= acc_t(1e4) ? tail : acc_t(0));  // NaN: 0
-        const acc_t softplus_pos = (mix > 0 ? mix : acc_t(0)) + shared;
-        const acc_t softplus_neg = (mix < 0 ? -mix : acc_t(0)) + shared;
+        const SoftplusPair<acc_t> softplus(log_weight_ratio + (log_p_s - log_p_t));
+        const acc_t softplus_pos = softplus.positive;
+        const acc_t softplus_neg = softplus.negative;
         const acc_t term_t = p_t * softplus_pos;
         const acc_t term_s = p_s * softplus_neg;
         const acc_t guarded_t = p_t > 0 ? term_t : acc_t(0);
@@ -259,12 +276,14 @@ void kd_loss_row(const scalar_t* __restrict student_row, const scalar_t* __restr
         sum_a += guarded_t;
         sum_b += guarded_s;
         sum_a_rest += unique_t & (exp_t[c] >= 1) ? acc_t(0) : guarded_t;
+        const acc_t divergence_t = p_t * (neg_log_beta - softplus_pos);
+        const acc_t divergence_s = p_s * (neg_log_one_minus_beta - softplus_neg);
+        kl_t += p_t > 0 ? divergence_t : acc_t(0);
+        kl_s += p_s > 0 ? divergence_s : acc_t(0);
         sum_b_rest += unique_s & (exp_s[c] >= 1) ? acc_t(0) : guarded_s;
         raw_t[c] = softplus_pos;
         raw_s[c] = softplus_neg;
       }
-      const acc_t kl_t = -log_beta - sum_a;
-      const acc_t kl_s = -log_one_minus_beta - sum_b;
       distill = beta * kl_t + (1 - beta) * kl_s;
       // d/ds_k = -T (1-beta) p_s,k (B_k - sum p_s B); for a unique top class
       // B_k - sum p_s B = (1 - p_k) B_k - sum_rest p_s B. Teacher alike with beta and A.
