@@ -22,10 +22,10 @@ TOLERANCES = {
 }
 
 
-def require_backend(backend: str, device: torch.device = torch.device("cpu")) -> None:
+def require_backend(backend: str, device: str = "cpu") -> None:
     """Skip only for reasons outside the project: a C++ build failure is a test failure."""
     if backend == "triton":
-        reason = _backends.triton_unavailable_reason(device)
+        reason = _backends.triton_unavailable_reason(torch.device(device))
         if reason is not None:
             pytest.skip(f"Triton cannot run here: {reason}")
     if backend == "cpp":

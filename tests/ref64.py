@@ -99,7 +99,8 @@ def _sigmoid(x):
 def _bce(x, q):
     """q*softplus(-x) + (1-q)*softplus(x), zero weights killing infinite terms; its x-gradient."""
     with np.errstate(invalid="ignore", over="ignore"):
-        value = np.where(q > 0, q * _softplus(-x), 0.0) + np.where(q < 1, (1 - q) * _softplus(x), 0.0)
+        value = (np.where(q > 0, q * _softplus(-x), 0.0)
+                 + np.where(q < 1, (1 - q) * _softplus(x), 0.0))
     return value, _sigmoid(x) - q
 
 
