@@ -22,7 +22,8 @@ REPO = SCRIPT.parent.parent
 
 
 def run_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # Passive OpenMP waits: spinning pool threads slow every step on a shared, loaded CPU.
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO))
     env.pop("WORLD_SIZE", None)
     return env
 

@@ -155,7 +155,8 @@ class TrainLoader:
     seeds come from a generator seeded the same way (the global RNG is not touched), and
     already-done batches are skipped without being loaded. Any other iterable is used as is;
     resuming then consumes the done batches, and the order is only as deterministic as the
-    iterable itself (DDP needs the DataLoader form).
+    iterable itself (DDP needs the DataLoader form). Either way the loader must be
+    re-iterable: one batch is drawn once up front to size the projectors and the cache.
     """
 
     def __init__(self, loader: Iterable, *, seed: int, rank: int, world_size: int,
