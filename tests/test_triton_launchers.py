@@ -5,6 +5,10 @@ interpreter on CPU; shapes stay small."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -290,3 +294,78 @@ def test_scale_grad_grid_stride_loop(kernels, monkeypatch):
         kernels.scale_grad_(scaled, grad_output)
         factor = grad_output[:, None] if grad_output.shape == (37,) else grad_output
         torch.testing.assert_close(scaled, grad * factor, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled mode without a GPU: the interpreter accepts code that the compiler rejects (e.g. a
+# non-constexpr global), so compile every kernel for sm_90 in a fresh interpreter-free process.
+# --------------------------------------------------------------------------------------------
+
+COMPILE_SCRIPT = r"""
+import os
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kdcore.kernels import feature_loss, kd_bce_loss, kd_loss, scale_grad
+
+def build(kernel, pointers, constexprs, num_warps=4):
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in pointers:
+            signature[name] = pointers[name]
+        elif name.endswith(("_hi", "_lo")):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+for dtype, acc, loss in (("bf16", tl.float32, "fp32"), ("fp64", tl.float64, "fp64")):
+    logits = {"student_ptr": "*" + dtype, "teacher_ptr": "*" + dtype, "valid_ptr": "*u8",
+              "grad_scale_ptr": "*" + loss, "grad_student_ptr": "*" + dtype,
+              "grad_teacher_ptr": "*" + dtype}
+    for kind in (0, 1, 2):
+        for single in (True, False):
+            build(kd_loss._kd_loss_kernel,
+                  dict(logits, labels_ptr="*i64", row_loss_ptr="*" + loss),
+                  dict(KIND=kind, HAS_CE=True, CE_SEPARATE=True, HAS_VALID=True,
+                       HAS_SCALE=True, STUDENT_GRAD=True, TEACHER_GRAD=True, SINGLE=single,
+                       BLOCK=1024, ACC=acc))
+    flags = dict(HAS_VALID=False, HAS_SCALE=False, STUDENT_GRAD=True, TEACHER_GRAD=True,
+                 BLOCK=256, ACC=acc)
+    build(kd_bce_loss._kd_bce_kernel, dict(logits, labels_ptr="*" + loss, loss_ptr="*" + loss),
+          dict(flags, HAS_CE=True))
+    for kind in (0, 1):
+        build(feature_loss._elementwise_kernel, dict(logits, loss_ptr="*" + loss),
+              dict(flags, KIND=kind))
+    build(feature_loss._cosine_kernel, dict(logits, loss_ptr="*" + loss), flags)
+    for mode in (0, 1, 2):
+        build(scale_grad._scale_grad_kernel,
+              {"grad_ptr": "*" + dtype, "grad_output_ptr": "*" + loss},
+              dict(MODE=mode, BLOCK=1024, ACC=acc))
+print("compiled")
+"""
+
+
+def _nvidia_compiler_reason() -> str | None:
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+    except Exception as error:
+        return f"triton's compiler cannot be imported ({error})"
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        return "this Triton build has no NVIDIA backend (ptxas)"
+    return None
+
+
+@pytest.mark.skipif(_nvidia_compiler_reason() is not None, reason=str(_nvidia_compiler_reason()))
+def test_every_kernel_compiles_for_sm90_without_a_gpu():
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], capture_output=True,
+                            text=True, env=environment, timeout=600)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-4000:]
