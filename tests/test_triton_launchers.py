@@ -1,7 +1,9 @@
 """Launcher-level contracts of ``kdcore.kernels`` that the op tests do not reach: the chunked
-(streamed) path at small sizes, padded row strides, garbage in excluded rows, bad labels,
-fp64 scalars, unrequested gradients and every ``scale_grad_`` mode. Runs through the Triton
-interpreter on CPU; shapes stay small."""
+(streamed) path at small sizes, padded row strides, strided labels/masks, garbage in excluded
+rows, bad labels, fp64 scalars, unrequested gradients and every ``scale_grad_`` mode, against
+the float64 references in ``tests/ref64.py``. CPU tests run through the Triton interpreter with
+small shapes; a CPU-only test compiles every kernel for sm_90; the CUDA tests run the compiled
+kernels when a GPU is present."""
 
 from __future__ import annotations
 
