@@ -22,11 +22,16 @@ a separate epoch with a device sync at every phase boundary, so phase sums excee
 throughput epoch), and the validation accuracy of both students after the same number of
 epochs (``--accuracy-epochs``).
 
+On a shared, loaded CPU, OpenMP pool threads that spin between parallel regions starve the
+next region (a fused AdamW step after any large op took 20-60x longer here); run with
+``OMP_WAIT_POLICY=PASSIVE`` (the committed CPU results were; ``environment`` records it).
+
 Usage::
 
-    python benchmarks/bench_engine.py --config cpu     # -> benchmarks/results/cpu-engine.json
-    python benchmarks/bench_engine.py --config gpu     # -> benchmarks/results/<gpu>.json
-                                                       #    (merged under the "engine" key)
+    # -> benchmarks/results/cpu-engine.json
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_engine.py --config cpu
+    # -> benchmarks/results/<gpu>.json, merged under the "engine" key
+    python benchmarks/bench_engine.py --config gpu
     pytest benchmarks/bench_engine.py --benchmark-enable   # a tiny pytest-benchmark case
 """
 
