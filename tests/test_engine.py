@@ -264,18 +264,23 @@ def test_frame_task_ignores_padded_frames(tmp_path):
 
 
 def test_grad_accumulation_normalises_by_the_global_valid_frame_count():
-    """One SGD step over 16 items as 1x16 or 4x4 micro-batches with different valid-frame
-    counts equals a float64 step on the loss averaged over all valid frames of the window."""
+    """One step over 16 items as 1x16 or 4x4 micro-batches with different valid-frame counts
+    equals a float64 step on the loss averaged over all valid frames of the window: SGD (the
+    unfused path) moves by exactly ``-lr * grad``; fused AdamW divides the summed gradients by
+    the global count in its kernel (``grad_scale``), leaving the normalised gradient behind."""
     data = ClusterDataset(16, task="frame", seed=5)
-    params = {}
-    for accum, batch in ((1, 16), (4, 4)):
-        torch.manual_seed(0)
-        teacher, student = ConvFrameModel(16), ConvFrameModel(6)
-        distiller = Distiller(teacher, student, task="frame", alpha=0.5, optimizer="sgd",
-                              lr=0.1, weight_decay=0.0, schedule="constant", grad_accum=accum,
-                              **QUIET)
-        distiller.fit(loader(data, batch, shuffle=False), epochs=1)
-        params[accum] = trainable_state(distiller)
+    params, grads = {}, {}
+    for optimizer in ("sgd", "adamw"):
+        for accum, batch in ((1, 16), (4, 4)):
+            torch.manual_seed(0)
+            teacher, student = ConvFrameModel(16), ConvFrameModel(6)
+            distiller = Distiller(teacher, student, task="frame", alpha=0.5, optimizer=optimizer,
+                                  lr=0.1, weight_decay=0.0, schedule="constant",
+                                  grad_accum=accum, **QUIET)
+            distiller.fit(loader(data, batch, shuffle=False), epochs=1)
+            params[optimizer, accum] = trainable_state(distiller)
+            grads[optimizer, accum] = {name: p.grad.clone()
+                                       for name, p in distiller.student.named_parameters()}
 
     torch.manual_seed(0)
     teacher, student = ConvFrameModel(16), ConvFrameModel(6)
@@ -293,7 +298,9 @@ def test_grad_accumulation_normalises_by_the_global_valid_frame_count():
     for name, parameter in student.named_parameters():
         expected = parameter.detach() - 0.1 * parameter.grad
         for accum in (1, 4):
-            torch.testing.assert_close(params[accum][f"student.{name}"].double(), expected,
+            torch.testing.assert_close(params["sgd", accum][f"student.{name}"].double(),
+                                       expected, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(grads["adamw", accum][name].double(), parameter.grad,
                                        rtol=1e-4, atol=1e-6)
 
 
