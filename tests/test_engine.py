@@ -403,3 +403,18 @@ def test_class_count_mismatch_and_missing_item_ids_raise(tmp_path):
             unindexed, epochs=1, out_dir=tmp_path)
     with pytest.raises(TypeError, match="teacher must be a torch.nn.Module"):
         Distiller(lambda x: x, student)
+
+
+@pytest.mark.slow
+def test_compile_true_matches_eager_training_through_hooks_and_fused_ops():
+    states = {}
+    for compiled in (False, True):
+        teacher, student = make_pair()
+        distiller = Distiller(teacher, student, compile=compiled, lr=3e-2,
+                              feature_pairs=[("body", "body")], feature_weight=0.5, **QUIET)
+        history = distiller.fit(loader(ClusterDataset(96), 16), epochs=2)
+        assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
+        states[compiled] = trainable_state(distiller)
+    assert isinstance(distiller._train_call, torch._dynamo.eval_frame.OptimizedModule)
+    for name, value in states[False].items():
+        torch.testing.assert_close(states[True][name], value, rtol=1e-3, atol=1e-4)
