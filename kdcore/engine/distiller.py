@@ -197,8 +197,10 @@ class Distiller:
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs a CUDA device (CUDA graphs record GPU "
                              f"kernels); this Distiller runs on '{self.device}'")
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        if self.device.type == "cuda":
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            torch.cuda.set_device(self.device)  # NCCL and DDP use the current device
 
         self.kd_kind, self.task, self.feature_kind = kd_kind, task, feature_kind
         self.teacher_mode, self.precision = teacher_mode, precision
