@@ -156,6 +156,21 @@ void kd_loss_row(const scalar_t* __restrict student_row, const scalar_t* __restr
   const Normaliser<acc_t> norm_t(top_t, rest_t);
   const bool unique_s = norm_s.unique_top;
   const bool unique_t = norm_t.unique_top;
+  // log Z_s - log Z_t: log1p of the directly summed Z_s - Z_t when the two are close, where
+  // the difference of the two logs would keep only their rounding (about eps log C).
+  acc_t mass_gap = 0;  // Z_s - Z_t, from e_t expm1(u_s - u_t) where that is exact
+#pragma omp simd reduction(+ : mass_gap)
+  for (int64_t c = 0; c < classes; ++c) {
+    const acc_t u_gap = (raw_s[c] - max_s) * inv_t - (raw_t[c] - max_t) * inv_t;
+    const acc_t e_t = exp_t[c];
+    const acc_t near = e_t * expm1_small(u_gap);
+    const bool use_near = (e_t > 0) & (u_gap < acc_t(0.5)) & (u_gap > acc_t(-0.5));
+    mass_gap += use_near ? near : exp_s[c] - e_t;
+  }
+  const acc_t relative_gap = mass_gap * norm_t.inv_sum;
+  const acc_t log_sum_ratio = std::abs(relative_gap) < acc_t(0.5)
+                                  ? std::log1p(relative_gap)
+                                  : norm_s.log_sum - norm_t.log_sum;
 
   // Cross-entropy at T = 1: -log softmax(student)[label]. An out-of-range label makes its row
   // (loss and student gradient) NaN without reading out of bounds.
@@ -201,7 +216,7 @@ void kd_loss_row(const scalar_t* __restrict student_row, const scalar_t* __restr
     const bool unique_p = norm_p.unique_top;
     const bool unique_q = norm_q.unique_top;
     // d = log p - log q = (u_p - u_q) + shift; KL = sum p d, split into top and rest.
-    const acc_t shift = norm_q.log_sum - norm_p.log_sum;
+    const acc_t shift = kTeacherFirst ? log_sum_ratio : -log_sum_ratio;
     const acc_t kl_rest = cross_rest * norm_p.inv_sum + norm_p.rest_mass * shift;
     const acc_t kl_top = cross_top * norm_p.inv_sum + norm_p.top_mass * shift;
     const acc_t divergence = kl_top + kl_rest;
@@ -262,11 +277,13 @@ void kd_loss_row(const scalar_t* __restrict student_row, const scalar_t* __restr
       acc_t kl_s = 0;  // from a rounded sum p = 1 when the divergence is tiny
 #pragma omp simd reduction(+ : sum_a, sum_b, sum_a_rest, sum_b_rest, kl_t, kl_s)
       for (int64_t c = 0; c < classes; ++c) {
-        const acc_t log_p_s = (raw_s[c] - max_s) * inv_t - norm_s.log_sum;
-        const acc_t log_p_t = (raw_t[c] - max_t) * inv_t - norm_t.log_sum;
+        const acc_t u_s = (raw_s[c] - max_s) * inv_t;
+        const acc_t u_t = (raw_t[c] - max_t) * inv_t;
         const acc_t p_s = exp_s[c] * norm_s.inv_sum;
         const acc_t p_t = exp_t[c] * norm_t.inv_sum;
-        const SoftplusPair<acc_t> softplus(log_weight_ratio + (log_p_s - log_p_t));
+        // log p_s - log p_t = (u_s - u_t) - log(Z_s/Z_t)
+        const acc_t log_ratio = (u_s - u_t) - log_sum_ratio;
+        const SoftplusPair<acc_t> softplus(log_weight_ratio + log_ratio);
         const acc_t softplus_pos = softplus.positive;
         const acc_t softplus_neg = softplus.negative;
         const acc_t term_t = p_t * softplus_pos;
@@ -276,8 +293,16 @@ void kd_loss_row(const scalar_t* __restrict student_row, const scalar_t* __restr
         sum_a += guarded_t;
         sum_b += guarded_s;
         sum_a_rest += unique_t & (exp_t[c] >= 1) ? acc_t(0) : guarded_t;
-        const acc_t divergence_t = p_t * (neg_log_beta - softplus_pos);
-        const acc_t divergence_s = p_s * (neg_log_one_minus_beta - softplus_neg);
+        // log p_t - log m = -log1p((1-beta) expm1(D)), log p_s - log m = -log1p(beta expm1(-D))
+        // with D = log p_s - log p_t: exact for nearly equal distributions (small D), where the
+        // softplus form would cancel to rounding.
+        const bool close = (log_ratio < acc_t(0.5)) & (log_ratio > acc_t(-0.5));
+        const acc_t grow = expm1_small(log_ratio);
+        const acc_t shrink = expm1_small(-log_ratio);
+        const acc_t close_t = -log1p_small((1 - beta) * grow);
+        const acc_t close_s = -log1p_small(beta * shrink);
+        const acc_t divergence_t = p_t * (close ? close_t : neg_log_beta - softplus_pos);
+        const acc_t divergence_s = p_s * (close ? close_s : neg_log_one_minus_beta - softplus_neg);
         kl_t += p_t > 0 ? divergence_t : acc_t(0);
         kl_s += p_s > 0 ? divergence_s : acc_t(0);
         sum_b_rest += unique_s & (exp_s[c] >= 1) ? acc_t(0) : guarded_s;

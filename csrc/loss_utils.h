@@ -79,6 +79,41 @@ C10_ALWAYS_INLINE float log1p_unit(float e) {
 
 inline double log1p_unit(double e) { return std::log1p(e); }
 
+// e^x - 1 for |x| < 1/2 in fp32 (callers select another form outside): the nested Taylor
+// series x (1 + x/2 (1 + x/3 (... (1 + x/10)))), truncation below 2e-11 relative.
+C10_ALWAYS_INLINE float expm1_small(float x) {
+  float nested = 1.0f + x * (1.0f / 10.0f);
+  nested = 1.0f + x * (1.0f / 9.0f) * nested;
+  nested = 1.0f + x * (1.0f / 8.0f) * nested;
+  nested = 1.0f + x * (1.0f / 7.0f) * nested;
+  nested = 1.0f + x * (1.0f / 6.0f) * nested;
+  nested = 1.0f + x * (1.0f / 5.0f) * nested;
+  nested = 1.0f + x * (1.0f / 4.0f) * nested;
+  nested = 1.0f + x * (1.0f / 3.0f) * nested;
+  nested = 1.0f + x * 0.5f * nested;
+  return x * nested;
+}
+
+inline double expm1_small(double x) { return std::expm1(x); }
+
+// log(1 + y) for |y| <= 0.7 in fp32: 2 atanh(s), s = y/(2 + y), |s| <= 0.26, series to s^15
+// (truncation below 1e-9 relative); s is formed from y so small y keeps full precision.
+C10_ALWAYS_INLINE float log1p_small(float y) {
+  const float s = y / (2.0f + y);
+  const float s2 = s * s;
+  float tail = 1.0f / 15.0f;
+  tail = tail * s2 + 1.0f / 13.0f;
+  tail = tail * s2 + 1.0f / 11.0f;
+  tail = tail * s2 + 1.0f / 9.0f;
+  tail = tail * s2 + 1.0f / 7.0f;
+  tail = tail * s2 + 1.0f / 5.0f;
+  tail = tail * s2 + 1.0f / 3.0f;
+  const float two_s = 2.0f * s;
+  return two_s + two_s * s2 * tail;
+}
+
+inline double log1p_small(double y) { return std::log1p(y); }
+
 // Call f(std::integral_constant<bool, flag>) so a runtime flag becomes a template constant.
 template <typename F>
 inline void with_flag(bool flag, F&& f) {
