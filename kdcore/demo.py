@@ -1,11 +1,12 @@
 """``kdcore demo``: on :class:`kdcore.data.SyntheticAudio`, train a teacher, the student alone
 and the same student with distillation, then print a comparison table and write reports.
 
-All three runs use :class:`kdcore.Distiller` with one schedule (AdamW, one-cycle LR, same
-epochs, batch size and seed) and one frontend: random gain and shift on the waveform, log-mel,
-SpecAugment. The frontend output is shared by teacher and student, so the teacher always sees
-the student's exact augmented view. Plain training (the teacher, the student alone) is the
-same loop with ``alpha=0`` (cross-entropy only) against a constant stand-in teacher.
+All three runs use :class:`kdcore.Distiller` (AdamW, one-cycle LR, same batch size and
+seed; the two students share epochs, learning rate and initialisation) and one frontend:
+random gain and shift on the waveform, log-mel, SpecAugment. The frontend output is shared by
+teacher and student, so the teacher always sees the student's exact augmented view. Plain
+training (the teacher, the student alone) is the same loop with ``alpha=0`` (cross-entropy
+only) against a constant stand-in teacher.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class DemoConfig:
     train_clips: int
     test_clips: int
     epochs: int
+    teacher_epochs: int
     sample_rate: int = 8000
     duration: float = 1.0
     n_mels: int = 40
@@ -38,14 +40,15 @@ class DemoConfig:
     teacher_width: int = 16
     student_width: int = 16
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 5e-3
+    teacher_lr: float = 3e-3
     temperature: float = 2.0
     alpha: float = 0.9
     seed: int = 0
 
 
-QUICK = DemoConfig(train_clips=512, test_clips=256, epochs=4, duration=0.5, batch_size=32)
-FULL = DemoConfig(train_clips=2048, test_clips=512, epochs=10)
+QUICK = DemoConfig(train_clips=1024, test_clips=256, epochs=10, teacher_epochs=8, duration=0.5)
+FULL = DemoConfig(train_clips=2048, test_clips=512, epochs=25, teacher_epochs=10)
 
 
 class _ConstantTeacher(nn.Module):
@@ -73,18 +76,18 @@ def _frontend(config: DemoConfig) -> nn.Module:
 
 def _train(name: str, teacher: nn.Module, student: nn.Module, alpha: float,
            train_set: SyntheticAudio, test_set: SyntheticAudio, config: DemoConfig,
-           out: Path, progress: bool):
+           out: Path, progress: bool, *, epochs: int, lr: float):
     from kdcore import Distiller
 
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
                               collate_fn=collate_audio)
     test_loader = DataLoader(test_set, batch_size=256, collate_fn=collate_audio)
     distiller = Distiller(teacher, student, frontend=_frontend(config),
-                          temperature=config.temperature, alpha=alpha, lr=config.lr,
+                          temperature=config.temperature, alpha=alpha, lr=lr,
                           schedule="onecycle", seed=config.seed, device="cpu",
                           checkpoint_every=0, progress=progress)
     started = time.perf_counter()
-    history = distiller.fit(train_loader, test_loader, epochs=config.epochs,
+    history = distiller.fit(train_loader, test_loader, epochs=epochs,
                             out_dir=out / name, resume=False)
     return distiller, history, time.perf_counter() - started
 
@@ -177,11 +180,13 @@ def run_demo(*, quick: bool = False, out_dir: str | Path = "kdcore_demo",
     histories, rows = {}, []
     probe = torch.stack([test_set[i].waveform for i in range(min(64, len(test_set)))])
     for name, guide, model, alpha in runs:
+        epochs = config.teacher_epochs if name == "teacher" else config.epochs
+        lr = config.teacher_lr if name == "teacher" else config.lr
         print(f"\n== {name}: {_format_count(model.num_parameters())} parameters, "
-              f"{config.epochs} epochs", flush=True)
+              f"{epochs} epochs", flush=True)
         slug = name.replace(" + ", "_").replace(" ", "_")
         distiller, history, seconds = _train(slug, guide, model, alpha, train_set, test_set,
-                                             config, out, progress)
+                                             config, out, progress, epochs=epochs, lr=lr)
         if name == "teacher":
             teacher.eval()
         frontend = distiller.frontend

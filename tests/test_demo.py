@@ -11,7 +11,8 @@ from kdcore.demo import FULL, QUICK, DemoConfig, run_demo  # noqa: E402
 
 
 def test_tiny_demo_writes_table_reports_and_plots(tmp_path, capsys):
-    config = DemoConfig(train_clips=48, test_clips=32, epochs=1, duration=0.3, batch_size=16,
+    config = DemoConfig(train_clips=48, test_clips=32, epochs=1, teacher_epochs=1, duration=0.3,
+                        batch_size=16,
                         n_mels=16, teacher_width=4, student_width=4)
     results = run_demo(out_dir=tmp_path, config=config, progress=False)
     table = capsys.readouterr().out
@@ -39,3 +40,4 @@ def test_tiny_demo_writes_table_reports_and_plots(tmp_path, capsys):
 def test_demo_sizes_are_ordered():
     assert QUICK.train_clips * QUICK.epochs * QUICK.duration < \
         FULL.train_clips * FULL.epochs * FULL.duration
+    assert QUICK.teacher_epochs <= FULL.teacher_epochs
