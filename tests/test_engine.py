@@ -405,6 +405,15 @@ def test_class_count_mismatch_and_missing_item_ids_raise(tmp_path):
         Distiller(lambda x: x, student)
 
 
+def test_out_of_range_labels_are_refused_on_the_host(tmp_path):
+    teacher, student = make_pair()
+    data = ClusterDataset(16)
+    bad = DataLoader([(data.inputs[i], torch.tensor(NUM_CLASSES + 2), i) for i in range(16)],
+                     batch_size=8)
+    with pytest.raises(ValueError, match="batch 'label' must hold class ids"):
+        Distiller(teacher, student, **QUIET).fit(bad, epochs=1, out_dir=tmp_path)
+
+
 @pytest.mark.slow
 def test_compile_true_matches_eager_training_through_hooks_and_fused_ops():
     states = {}

@@ -356,3 +356,17 @@ def test_cuda_triton_parity(dtype, kind):
         assert_close("loss", loss, rows.sum() / shape[0], rtol, atol)
         assert_grad_close("student grad", student.grad, grad_s / shape[0], dtype)
         assert_grad_close("teacher grad", teacher.grad, grad_t / shape[0], dtype)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_value_checks_off_gives_nan_row_not_out_of_bounds_read(backend):
+    """Inside data_checks(False) (a loop that checked labels on the host) nothing is read back;
+    a bad label then shows as a NaN row instead of an error."""
+    require_backend(backend)
+    labels = torch.tensor([1, 9, 2])
+    with kdcore.ops.data_checks(False):
+        rows = kdcore.kd_loss(torch.randn(3, 5), torch.randn(3, 5), labels=labels, alpha=0.5,
+                              reduction="none", backend=backend)
+    assert rows[1].isnan() and rows[[0, 2]].isfinite().all()
+    with pytest.raises(ValueError, match="labels"):
+        kdcore.kd_loss(torch.randn(3, 5), torch.randn(3, 5), labels=labels, alpha=0.5)

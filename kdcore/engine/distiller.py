@@ -228,6 +228,7 @@ class Distiller:
         self.dist: DistContext = init_from_env(self.device)
 
         self.num_classes: int | None = None
+        self._labels_checked = False
         self.teacher_shapes: dict[str, tuple[int, ...]] = {}
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -291,6 +292,23 @@ class Distiller:
             self.cache.store(batch.index, batch.view, outputs)
         return outputs
 
+    def _to_device_checked(self, batch: batching.Batch) -> batching.Batch:
+        """Check label values while they are still on the host, then copy; the losses' own
+        value checks (a sync on a GPU) are then skipped for this batch."""
+        labels = batch.labels
+        self._labels_checked = labels is None or labels.device.type == "cpu"
+        if labels is not None and self._labels_checked and labels.numel():
+            if self.task == "multilabel":
+                if bool(((labels < 0) | (labels > 1)).any()):
+                    raise ValueError("batch 'label' for task='multilabel' must be in [0, 1]")
+            else:
+                kept = labels[labels != IGNORE_INDEX]
+                if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= self.num_classes):
+                    raise ValueError(
+                        f"batch 'label' must hold class ids in [0, {self.num_classes}) or "
+                        f"{IGNORE_INDEX}, got values in [{int(kept.min())}, {int(kept.max())}]")
+        return batching.to_device(batch, self.device)
+
     def _mask(self, batch: batching.Batch, logits: torch.Tensor) -> torch.Tensor | None:
         mask = batch.mask
         if batch.lengths is not None:
@@ -309,7 +327,7 @@ class Distiller:
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(loss_sum, rows, mask)``: the loss summed over valid rows (fp32) and the number
         of rows it counts (elements for multilabel), both device tensors."""
-        with self._no_autocast():
+        with self._no_autocast(), _checks.data_checks(not self._labels_checked):
             student = student_logits.float()
             teacher_logits = teacher["logits"].float()
             mask = self._mask(batch, student)
@@ -680,7 +698,7 @@ class Distiller:
         loss_total = torch.zeros((), device=self.device)
         samples = 0
         for position, raw in enumerate(window):
-            batch = batching.to_device(batching.parse_batch(raw), self.device)
+            batch = self._to_device_checked(batching.parse_batch(raw))
             samples += batch.size
             if timer is not None:
                 timer.lap("data")

@@ -3,8 +3,10 @@ argument at fault."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -96,8 +98,27 @@ def valid_rows(mask: torch.Tensor | None, extra: torch.Tensor | None = None) -> 
     return parts[0] if len(parts) == 1 else parts[0] & parts[1]
 
 
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def data_checks(enabled: bool) -> Iterator[None]:
+    """Turn the ops' value checks (label ranges, target ranges) on or off in this thread.
+
+    They read the data on the host, which on a GPU is a sync; a training loop that checked its
+    labels on the CPU before the copy turns them off around its step. Shape, dtype and argument
+    checks always run."""
+    previous = getattr(_state, "enabled", True)
+    _state.enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        _state.enabled = previous
+
+
 def skip_data_checks() -> bool:
-    """Data-dependent checks (a host read) are skipped while tracing or capturing a graph."""
-    if torch.compiler.is_compiling():
+    """Data-dependent checks (a host read) are skipped while tracing or capturing a graph, and
+    inside ``data_checks(False)``."""
+    if torch.compiler.is_compiling() or not getattr(_state, "enabled", True):
         return True
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
