@@ -5,8 +5,10 @@
 // Per row: sweep 1 copies both logit rows into fp32 (fp64 for fp64) scratch and takes their
 // maxima; the remaining passes run over that scratch, which stays in L1/L2:
 //   pass 2: e = exp((x - max)/T) for both rows, their sums Z (and the KL cross term);
-//   pass 3 (JSD only): log m per class and both KL(.||m) sums;
-//   pass 4: gradients, written once in the input dtype.
+//   pass 3: log(Z_s/Z_t) from the summed Z_s - Z_t (exact when the rows are close);
+//   (T != 1 with labels: the T = 1 student exponentials for the cross-entropy;)
+//   pass 4 (JSD only): the per-class softplus terms and both KL(.||m) sums;
+//   pass 5: gradients, written once in the input dtype.
 // Classes with zero probability contribute 0 (0 log 0 = 0); every p*(...) term is guarded by
 // p > 0, so masked (-inf) or underflowed classes never produce NaN.
 
