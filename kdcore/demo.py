@@ -47,8 +47,8 @@ class DemoConfig:
     seed: int = 0
 
 
-QUICK = DemoConfig(train_clips=1024, test_clips=256, epochs=10, teacher_epochs=8, duration=0.5)
-FULL = DemoConfig(train_clips=2048, test_clips=512, epochs=25, teacher_epochs=10)
+QUICK = DemoConfig(train_clips=1536, test_clips=384, epochs=20, teacher_epochs=15, duration=0.5)
+FULL = DemoConfig(train_clips=2048, test_clips=512, epochs=25, teacher_epochs=25)
 
 
 class _ConstantTeacher(nn.Module):
