@@ -117,6 +117,7 @@ def load_model_checkpoint(path: str | os.PathLike) -> ModelCheckpoint:
     except RuntimeError as error:
         first = str(error).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
         raise CheckpointError(f"{source}: its weights come from another model than "
                               f"{name!r} {state['model_kwargs']} ({detail})") from None
     return ModelCheckpoint(source, model.eval(), name, dict(state["model_kwargs"]),

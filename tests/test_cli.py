@@ -1,0 +1,196 @@
+"""The ``kdcore`` command line end to end on a tiny WAV dataset, in subprocesses: train ->
+distill -> eval -> export, the one-line errors and ``--config`` precedence."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+soundfile = pytest.importorskip("soundfile")
+pytest.importorskip("yaml")
+pytest.importorskip("sklearn", reason="eval reports need the report extra (scikit-learn)")
+pytest.importorskip("matplotlib", reason="confusion PNGs need matplotlib")
+
+from kdcore import cli  # noqa: E402
+
+RATE = 8000
+FILE_SAMPLES = 2400  # 0.3 s files; the CLI takes centre crops of CLIP_SAMPLES for evaluation
+CLIP_SAMPLES = 2000
+CLASSES = ("high", "low", "mid")
+FREQUENCIES = {"low": 300.0, "mid": 900.0, "high": 2100.0}
+SIZES = ["--sample-rate", str(RATE), "--clip-seconds", str(CLIP_SAMPLES / RATE),
+         "--batch-size", "8", "--backend", "reference", "--no-progress"]
+FRONTEND = ["--n-mels", "16", "--n-fft", "128", "--hop-length", "64"]
+
+
+def run_kdcore(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "kdcore", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env=environment)
+
+
+def _write_dataset(root: Path) -> None:
+    """Class folders of 8 tone+noise WAVs each, and ``manifest.csv`` over the same files whose
+    ``split`` column puts files 6 and 7 of every class in the test split."""
+    rng = np.random.default_rng(0)
+    rows = ["path,label,split"]
+    time = np.arange(FILE_SAMPLES) / RATE
+    for label in CLASSES:
+        (root / label).mkdir(parents=True)
+        for item in range(8):
+            frequency = FREQUENCIES[label] * (1 + 0.03 * rng.standard_normal())
+            wave = 0.3 * np.sin(2 * np.pi * frequency * time + rng.uniform(0, 6.3))
+            wave += 0.05 * rng.standard_normal(FILE_SAMPLES)
+            soundfile.write(root / label / f"{item}.wav", wave.astype(np.float32), RATE)
+            rows.append(f"{label}/{item}.wav,{label},{'test' if item >= 6 else 'train'}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset and a teacher trained by ``kdcore train`` (shared by the tests here)."""
+    root = tmp_path_factory.mktemp("cli")
+    _write_dataset(root / "data")
+    result = run_kdcore("train", "--data", "data", "--model", "teacher_cnn", "--width", "4",
+                        "--epochs", "2", "--out", "teacher", *SIZES, *FRONTEND, cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_train_distill_eval_export(workspace: Path) -> None:
+    teacher = workspace / "teacher"
+    for name in ("model.pt", "report.json", "confusion.png", "run.json", "metrics.jsonl"):
+        assert (teacher / name).is_file(), name
+    record = json.loads((teacher / "run.json").read_text())
+    assert record["command"] == "train" and record["config"]["epochs"] == 2
+    assert record["environment"]["torch"] == torch.__version__
+    assert "git_commit" in record
+    epochs = [json.loads(line) for line in (teacher / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs if e.get("event") == "epoch"] == [0, 1]
+
+    result = run_kdcore("distill", "--data", "data", "--teacher", "teacher/model.pt",
+                        "--student", "student_dscnn", "--width", "4", "--temperature", "3",
+                        "--alpha", "0.7", "--feature-pair", "dropout:dropout", "--epochs", "1",
+                        "--out", "student", *SIZES, *FRONTEND, cwd=workspace)
+    assert result.returncode == 0, result.stderr
+    student = workspace / "student"
+    assert (student / "model.pt").is_file() and (student / "confusion.png").is_file()
+    config = json.loads((student / "run.json").read_text())["config"]
+    assert (config["temperature"], config["alpha"]) == (3.0, 0.7)
+    assert config["feature_pair"] == ["dropout:dropout"]
+
+    result = run_kdcore("eval", "--data", "data/manifest.csv", "--model", "student/model.pt",
+                        "--split", "test", "--out", "evaluation", "--no-progress",
+                        cwd=workspace)
+    assert result.returncode == 0, result.stderr
+    assert "macro avg" in result.stdout and "weighted avg" in result.stdout
+    assert (workspace / "evaluation" / "confusion.png").stat().st_size > 1000
+    report = json.loads((workspace / "evaluation" / "report.json").read_text())
+
+    result = run_kdcore("export", "--model", "student/model.pt", "--format", "torchscript",
+                        "--out", "exported/student.ts", cwd=workspace)
+    assert result.returncode == 0, result.stderr
+    exported = torch.jit.load(str(workspace / "exported" / "student.ts"))
+
+    # Independent pipeline: the manifest's test files, centre-cropped in numpy, through the
+    # exported (waveform in, logits out) model; the eval report must count the same.
+    start = (FILE_SAMPLES - CLIP_SAMPLES) // 2
+    waves, truth = [], []
+    for label_index, label in enumerate(sorted(CLASSES)):
+        for item in (6, 7):
+            wave, rate = soundfile.read(workspace / "data" / label / f"{item}.wav",
+                                        dtype="float64")
+            assert rate == RATE
+            waves.append(wave[start:start + CLIP_SAMPLES])
+            truth.append(label_index)
+    with torch.no_grad():
+        logits = exported(torch.tensor(np.stack(waves), dtype=torch.float32))
+    assert logits.shape == (len(truth), len(CLASSES))
+    predicted = logits.argmax(dim=-1).numpy()
+    confusion = np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
+    np.add.at(confusion, (np.array(truth), predicted), 1)
+    assert report["class_names"] == sorted(CLASSES)
+    assert np.array_equal(np.array(report["confusion"]), confusion)
+    assert report["accuracy"] == pytest.approx(float(np.mean(predicted == np.array(truth))))
+
+    # The exported model agrees with the checkpoint's model run in PyTorch (fp32 tolerance).
+    from kdcore.checkpoints import load_model_checkpoint
+
+    checkpoint = load_model_checkpoint(student / "model.pt")
+    frontend = checkpoint.build_frontend("reference").eval()
+    batch = torch.tensor(np.stack(waves), dtype=torch.float32)
+    with torch.no_grad():
+        expected = checkpoint.model(frontend(batch))
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kdcore: error: "), result.stderr
+    return lines[0]
+
+
+def test_user_mistakes_are_one_line_errors(workspace: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    line = _one_line_error(run_kdcore("eval", "--data", "no/such/folder", "--model",
+                                      "teacher/model.pt", cwd=workspace))
+    assert "no/such/folder" in line
+
+    # The rest in-process: the same main() without a Python start-up each.
+    (workspace / "empty" / "class_a").mkdir(parents=True, exist_ok=True)
+    (workspace / "empty" / "class_a" / "notes.txt").write_text("not audio")
+    state = torch.load(workspace / "teacher" / "model.pt", weights_only=True)
+    state["model"] = "student_dscnn"  # teacher weights under another model's name
+    torch.save(state, workspace / "mislabelled.pt")
+    cases = [
+        (["train", "--data", "data", "--model", "no_such_net", "--out", "x"], "no_such_net"),
+        (["train", "--data", "empty", "--model", "teacher_cnn", "--out", "x"], "no audio"),
+        (["eval", "--data", "data", "--model", "mislabelled.pt"], "another model"),
+        (["eval", "--data", "data", "--model", "teacher/checkpoints/last.pt"],
+         "not a kdcore model checkpoint"),
+        (["distill", "--data", "data", "--teacher", "missing.pt", "--student",
+          "student_dscnn", "--out", "x"], "missing.pt"),
+        (["train", "--data", "data", "--model", "teacher_cnn"], "--out"),
+    ]
+    current = Path.cwd()
+    os.chdir(workspace)
+    try:
+        for argv, expected in cases:
+            capsys.readouterr()
+            assert cli.main(argv) == 2, argv
+            error = capsys.readouterr().err.strip()
+            assert error.startswith("kdcore: error: ") and "\n" not in error, error
+            assert expected in error, (argv, error)
+    finally:
+        os.chdir(current)
+
+
+def test_config_file_keys_mirror_flags_and_flags_win(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("data: synthetic\nmodel: student_dscnn\nepochs: 7\nclip-seconds: 0.5\n"
+                      "width: 12\nout: from_config\n")
+    parser = cli.build_parser()
+    args = cli._apply_config(parser, ["train", "--config", str(config), "--epochs", "2"])
+    assert args.epochs == 2  # the flag wins
+    assert (args.data, args.model, args.width, args.out) == ("synthetic", "student_dscnn", 12,
+                                                             "from_config")
+    assert args.clip_seconds == 0.5  # dashed key maps to the flag
+    assert args.lr == 3e-3  # untouched default
+    config.write_text("data: synthetic\nepoch: 3\n")
+    assert cli.main(["train", "--config", str(config)]) == 2
+
+
+def test_python_dash_m_help(tmp_path: Path) -> None:
+    result = run_kdcore("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for command in ("demo", "train", "distill", "eval", "cache-teacher", "export", "bench"):
+        assert command in result.stdout
