@@ -64,6 +64,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_train_distill_eval_export(workspace: Path) -> None:
     teacher = workspace / "teacher"
     for name in ("model.pt", "report.json", "confusion.png", "run.json", "metrics.jsonl"):
@@ -194,3 +195,72 @@ def test_python_dash_m_help(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     for command in ("demo", "train", "distill", "eval", "cache-teacher", "export", "bench"):
         assert command in result.stdout
+
+
+def test_cache_teacher_then_cached_distill(workspace: Path) -> None:
+    """cache-teacher stores the teacher's logits of every training item's centre crop;
+    distill --teacher-mode cached reads that cache back without rebuilding it."""
+    import warnings
+
+    from kdcore.checkpoints import load_model_checkpoint
+
+    data = ["--data", "data/manifest.csv", *SIZES]
+    current = Path.cwd()
+    os.chdir(workspace)
+    try:
+        assert cli.main(["cache-teacher", "--teacher", "teacher/model.pt", "--out", "cache",
+                         *data]) == 0
+        stored = np.fromfile(workspace / "cache" / "logits.f32", dtype=np.float32).copy()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert cli.main(["distill", "--teacher", "teacher/model.pt", "--student",
+                             "student_dscnn", "--width", "4", "--teacher-mode", "cached",
+                             "--cache-dir", "cache", "--epochs", "1", "--out", "cached_kd",
+                             *data]) == 0
+        assert not [w for w in caught if "stale" in str(w.message)]
+        assert cli.main(["distill", "--teacher", "teacher/model.pt", "--student",
+                         "student_dscnn", "--teacher-mode", "cached", "--cache-dir", "cache",
+                         "--seed", "5", "--out", "other", *data]) == 2  # other split seed
+    finally:
+        os.chdir(current)
+    after = np.fromfile(workspace / "cache" / "logits.f32", dtype=np.float32)
+    np.testing.assert_array_equal(after, stored)
+    assert (workspace / "cached_kd" / "model.pt").is_file()
+
+    # Training items in manifest order (files 0-5 of each class), centre-cropped in numpy.
+    start = (FILE_SAMPLES - CLIP_SAMPLES) // 2
+    waves = [soundfile.read(workspace / "data" / label / f"{item}.wav")[0][start:start +
+                                                                          CLIP_SAMPLES]
+             for label in CLASSES for item in range(6)]
+    teacher = load_model_checkpoint(workspace / "teacher" / "model.pt")
+    with torch.no_grad():
+        expected = teacher.model(teacher.build_frontend("reference").eval()(
+            torch.tensor(np.stack(waves), dtype=torch.float32)))
+    np.testing.assert_allclose(stored.reshape(len(waves), len(CLASSES)), expected.numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_data_flags_pass_through(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--group-split keeps groups apart; a corrupt file stops the run naming it unless
+    --skip-bad, which skips and reports it."""
+    rng = np.random.default_rng(1)
+    rows = ["path,label,speaker"]
+    for label in ("a", "b"):
+        for item in range(6):
+            path = tmp_path / f"{label}{item}.wav"
+            soundfile.write(path, (0.1 * rng.standard_normal(800)).astype(np.float32), RATE)
+            rows.append(f"{path.name},{label},s{item % 3}")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really audio")
+    rows.append("broken.wav,a,s0")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    argv = ["train", "--data", str(tmp_path / "data.csv"), "--sample-rate", str(RATE),
+            "--group-split", "speaker", "--test-fraction", "0.34"]
+    assert cli.main([*argv, "--model", "teacher_cnn", "--out", str(tmp_path / "x")]) == 2
+    assert "broken.wav" in capsys.readouterr().err
+    args = cli.build_parser().parse_args([*argv, "--skip-bad"])
+    data = cli.load_data(args)
+    assert "skipped 1" in data.summary and "broken.wav" in data.summary
+    speakers = {int(p.name[1]) % 3 for p in data.train.paths}
+    test_speakers = {int(p.name[1]) % 3 for p in data.evaluation.paths}
+    assert speakers and test_speakers and not speakers & test_speakers
+    assert len(data.train) + len(data.evaluation) == 12
