@@ -480,6 +480,42 @@ def command_cache_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ExportLogMel(nn.Module):
+    """The frontend of an exported model: :class:`kdcore.LogMel` in plain torch ops (framing,
+    a float64 DFT as two matrix products instead of ``rfft``, which ONNX lacks, mel matrix,
+    log), so the file needs neither kdcore nor its custom ops.
+    Waveforms (B, T) float32 to log-mel (B, n_mels, frames) float32."""
+
+    def __init__(self, log_mel: nn.Module) -> None:
+        from kdcore.ops.log_mel import _tables, dft_basis
+
+        super().__init__()
+        if log_mel.waveform_preemphasis or log_mel.floor_below_max is not None or \
+                log_mel.drop_last_frame:
+            raise CLIError("export supports LogMel frontends without waveform_preemphasis, "
+                           "floor_below_max or drop_last_frame")
+        self.config = config = log_mel.config
+        window, filterbank = _tables(config.key(), torch.device("cpu"), torch.float64)
+        basis = dft_basis(window, config.n_fft, preemphasis=config.preemphasis,
+                          remove_dc_offset=config.remove_dc_offset)
+        self.register_buffer("cosine", basis[0].clone())  # (win, n_freqs) float64
+        self.register_buffer("sine", basis[1].clone())
+        self.register_buffer("filterbank", filterbank.clone())  # (n_freqs, n_mels) float64
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        from kdcore.ops.log_mel import _apply_log, _frames_reference
+
+        config = self.config
+        samples = waveforms.shape[-1]
+        n_frames = int(config.frames(torch.as_tensor(samples, dtype=torch.int64)))
+        lengths = torch.full_like(waveforms[:, 0], samples, dtype=torch.int64)
+        frames = _frames_reference(waveforms.double(), lengths, config, n_frames)
+        power = (frames @ self.cosine).square() + (frames @ self.sine).square()
+        if config.power != 2.0:
+            power = power.pow(config.power / 2.0)
+        return _apply_log(power @ self.filterbank, config).transpose(1, 2).float()
+
+
 class _ExportedClassifier(nn.Module):
     """Waveforms (B, clip_samples) float32 -> logits (B, num_classes): frontend then model."""
 
@@ -500,14 +536,14 @@ def command_export(args: argparse.Namespace) -> int:
     if args.format == "onnx" and importlib.util.find_spec("onnx") is None:
         raise CLIError("--format onnx needs the onnx package (pip install onnx onnxruntime)")
     checkpoint = load_model_checkpoint(args.model)
-    network = _ExportedClassifier(checkpoint.build_frontend("reference"),
+    network = _ExportedClassifier(_ExportLogMel(checkpoint.build_frontend("reference")),
                                   checkpoint.model).eval()
     generator = torch.Generator().manual_seed(0)
     example = 0.1 * torch.randn(2, checkpoint.clip_samples, generator=generator)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        expected = network(example)
+        expected = checkpoint.model(checkpoint.build_frontend("reference")(example))
     if args.format == "torchscript":
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -521,7 +557,7 @@ def command_export(args: argparse.Namespace) -> int:
             torch.onnx.export(network, (example,), str(out), input_names=["waveform"],
                               output_names=["logits"], dynamic_axes={
                                   "waveform": {0: "batch"}, "logits": {0: "batch"}},
-                              dynamo=False)
+                              opset_version=18, dynamo=False)
         if importlib.util.find_spec("onnxruntime") is None:
             got = None
         else:
