@@ -131,6 +131,16 @@ def test_train_distill_eval_export(workspace: Path) -> None:
         expected = checkpoint.model(frontend(batch))
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
+    # The file is self-contained: it loads and runs in a Python that never imports kdcore.
+    probe = ("import sys, torch; m = torch.jit.load(sys.argv[1]); "
+             "y = m(torch.zeros(3, int(sys.argv[2]))); "
+             "assert y.shape == (3, 3) and 'kdcore' not in sys.modules, y.shape")
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", probe,
+                             str(workspace / "exported" / "student.ts"), str(CLIP_SAMPLES)],
+                            cwd=workspace / "exported", capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+
 
 def _one_line_error(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 2, (result.stdout, result.stderr)
@@ -264,3 +274,29 @@ def test_data_flags_pass_through(tmp_path: Path, capsys: pytest.CaptureFixture) 
     test_speakers = {int(p.name[1]) % 3 for p in data.evaluation.paths}
     assert speakers and test_speakers and not speakers & test_speakers
     assert len(data.train) + len(data.evaluation) == 12
+
+
+def test_export_onnx(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    """ONNX export where onnx is installed (checked with onnxruntime when it is); otherwise a
+    clear one-line error."""
+    import importlib.util
+
+    argv = ["export", "--model", str(workspace / "teacher" / "model.pt"), "--format", "onnx",
+            "--out", str(workspace / "exported" / "teacher.onnx")]
+    if importlib.util.find_spec("onnx") is None:
+        assert cli.main(argv) == 2
+        assert "needs the onnx package" in capsys.readouterr().err
+        pytest.skip("onnx is not installed: only the error path is tested")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    assert cli.main(argv) == 0
+    from kdcore.checkpoints import load_model_checkpoint
+
+    checkpoint = load_model_checkpoint(workspace / "teacher" / "model.pt")
+    waves = 0.1 * np.random.default_rng(3).standard_normal((4, CLIP_SAMPLES)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(workspace / "exported" / "teacher.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    got = session.run(None, {"waveform": waves})[0]
+    with torch.no_grad():
+        expected = checkpoint.model(checkpoint.build_frontend("reference")(
+            torch.from_numpy(waves)))
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
