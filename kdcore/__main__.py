@@ -1,3 +1,6 @@
+"""``python -m kdcore``: the same command line as the ``kdcore`` console script."""
+
 from kdcore.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())
