@@ -5,13 +5,15 @@
 ``--config FILE.yaml`` holds defaults whose keys mirror the long flags (``clip-seconds`` or
 ``clip_seconds``); flags given on the command line win. Every run writes ``run.json`` in its
 output folder: the resolved configuration, the environment and the git commit.
-User mistakes end with one ``kdcore: error: ...`` line on stderr and exit code 2.
+User mistakes end with one ``kdcore: error: ...`` line on stderr and exit code 2
+(``KDCORE_DEBUG=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -843,6 +845,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except (CLIError, FileNotFoundError, AudioReadError, ManifestError, CacheMismatchError,
             ValueError, TypeError) as error:
+        if os.environ.get("KDCORE_DEBUG") == "1":
+            raise
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"kdcore: error: {message}", file=sys.stderr)
         return EXIT_USAGE
