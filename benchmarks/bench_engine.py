@@ -22,8 +22,8 @@ and its weights are kept in a temporary directory (``--teacher-cache DIR`` keeps
 runs, keyed by the configuration).
 
 - ``cpu`` config: 8 kHz, 0.5 s clips, 1536 train / 512 test clips, 40 log-mels (n_fft 256,
-  hop 128, 32 frames), batch 64; teacher width 16 (~296k params, 15 epochs), student width 16
-  (~10k, 1/30 of the teacher), 25 epochs per side, seeds 0-3.
+  hop 128, 32 frames), batch 64; teacher width 24 (~663k params, 15 epochs), student width 16
+  (~10k, 1/66 of the teacher), 25 epochs per side, seeds 0-3.
 - ``gpu`` config: 16 kHz, 10 s clips, 1024 train / 256 test, 64 log-mels (n_fft 400, hop
   160), batch 128; teacher width 150 (~26M), student width 176 (~0.96M, under 1/20 of the
   teacher), 3 epochs, seed 0.
@@ -44,7 +44,7 @@ next region (a fused AdamW step after any large op took 20-60x longer here); run
 
 Usage::
 
-    # -> benchmarks/results/cpu-engine.json (about 5 minutes on 2 cores)
+    # -> benchmarks/results/cpu-engine.json (about 7 minutes on 2 cores)
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_engine.py --config cpu
     # -> benchmarks/results/<gpu>.json, merged under the "engine" key
     python benchmarks/bench_engine.py --config gpu
@@ -83,7 +83,7 @@ TEMPERATURE, ALPHA, WEIGHT_DECAY = 2.0, 0.5, 1e-2
 
 CONFIGS = {
     "cpu": dict(sample_rate=8000, seconds=0.5, n_fft=256, hop_length=128, n_mels=40,
-                clips=1536, test_clips=512, batch=64, teacher_width=16, student_width=16,
+                clips=1536, test_clips=512, batch=64, teacher_width=24, student_width=16,
                 teacher_epochs=15, teacher_lr=3e-3, epochs=25, lr=5e-3, seeds=(0, 1, 2, 3)),
     "gpu": dict(sample_rate=16000, seconds=10.0, n_fft=400, hop_length=160, n_mels=64,
                 clips=1024, test_clips=256, batch=128, teacher_width=150, student_width=176,
