@@ -139,7 +139,7 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def main(repeats: int = 15) -> int:
+def main(repeats: int = 60) -> int:
     batch = make_batch()
     results = {}
     for preset in PRESETS:
@@ -171,6 +171,7 @@ def main(repeats: int = 15) -> int:
         "dtype": "float32",
         "cpu": _cpu_model(),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "load_average_1_5_15min": list(os.getloadavg()),
         "torch": torch.__version__,
         "librosa": librosa.__version__,
