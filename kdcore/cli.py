@@ -206,18 +206,6 @@ def training_frontend(config: dict, args: argparse.Namespace, augment: bool) -> 
                     time_width=8))
 
 
-class ConstantTeacher(nn.Module):
-    """Uniform logits (B, num_classes): the stand-in teacher of plain training (alpha=0)."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.anchor.expand(features.shape[0], self.num_classes)
-
-
 def _loader(dataset, batch_size: int, shuffle: bool):
     from torch.utils.data import DataLoader
 
@@ -341,6 +329,8 @@ def command_train(args: argparse.Namespace) -> int:
     print(data.summary, flush=True)
     model = build_model(args.model, len(data.class_names), args)
     print(f"{args.model}: {model.num_parameters():,} parameters", flush=True)
+    from kdcore.demo import ConstantTeacher
+
     _fit(ConstantTeacher(len(data.class_names)), model, data, args, out, alpha=0.0,
          temperature=1.0, augment=not args.no_augment)
     _finish_training(model, data, args, out, "model", {"command": "train"})

@@ -51,7 +51,7 @@ QUICK = DemoConfig(train_clips=1536, test_clips=384, epochs=20, teacher_epochs=1
 FULL = DemoConfig(train_clips=2048, test_clips=512, epochs=25, teacher_epochs=25)
 
 
-class _ConstantTeacher(nn.Module):
+class ConstantTeacher(nn.Module):
     """Uniform logits (B, num_classes): the stand-in teacher of plain training (alpha=0)."""
 
     def __init__(self, num_classes: int) -> None:
@@ -174,8 +174,8 @@ def run_demo(*, quick: bool = False, out_dir: str | Path = "kdcore_demo",
                         width=config.student_width)
     student_kd.load_state_dict(student_alone.state_dict())  # same initialisation
 
-    runs = [("teacher", _ConstantTeacher(classes), teacher, 0.0),
-            ("student alone", _ConstantTeacher(classes), student_alone, 0.0),
+    runs = [("teacher", ConstantTeacher(classes), teacher, 0.0),
+            ("student alone", ConstantTeacher(classes), student_alone, 0.0),
             ("student + KD", teacher, student_kd, config.alpha)]
     histories, rows = {}, []
     probe = torch.stack([test_set[i].waveform for i in range(min(64, len(test_set)))])

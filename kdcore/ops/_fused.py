@@ -89,5 +89,15 @@ def register_fused_autograd(op: torch.library.CustomOpDef, num_inputs: int,
     op.register_autograd(backward, setup_context=setup_context)
 
 
+def reduce_items(item_loss: torch.Tensor, grad_scale: torch.Tensor | None,
+                 keep_items: bool) -> torch.Tensor:
+    """The op's loss output: the per-item losses (``keep_items``), or their sum times
+    ``grad_scale`` (the factor the kernels already applied to the gradients)."""
+    if keep_items:
+        return item_loss
+    loss = item_loss.sum()
+    return loss if grad_scale is None else loss * grad_scale
+
+
 def needs_grad(tensor: torch.Tensor) -> bool:
     return tensor.requires_grad and torch.is_grad_enabled()

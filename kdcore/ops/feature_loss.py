@@ -14,7 +14,7 @@ import torch
 
 from kdcore import _backends
 from kdcore.ops import _checks
-from kdcore.ops._fused import needs_grad, register_fused_autograd
+from kdcore.ops._fused import needs_grad, reduce_items, register_fused_autograd
 
 KINDS = ("mse", "l1", "cosine")
 REDUCTIONS = ("mean", "sum", "none")
@@ -75,11 +75,7 @@ def _feature_loss_op(student: torch.Tensor, teacher: torch.Tensor, valid: torch.
         launch = _backends.cpp_ops().feature_loss_forward
     item_loss, grad_student, grad_teacher = launch(
         student, teacher, valid, grad_scale, kind, student_grad, teacher_grad)
-    if REDUCTIONS[reduction] == "none":
-        return item_loss, grad_student, grad_teacher
-    loss = item_loss.sum()
-    if grad_scale is not None:
-        loss = loss * grad_scale
+    loss = reduce_items(item_loss, grad_scale, keep_items=REDUCTIONS[reduction] == "none")
     return loss, grad_student, grad_teacher
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from kdcore import _backends
 from kdcore.ops import _checks
-from kdcore.ops._fused import needs_grad, register_fused_autograd
+from kdcore.ops._fused import needs_grad, reduce_items, register_fused_autograd
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -75,11 +75,7 @@ def _kd_bce_loss_op(student: torch.Tensor, teacher: torch.Tensor, labels: torch.
     element_loss, grad_student, grad_teacher = launch(
         student, teacher, labels, valid, grad_scale, temperature, alpha, student_grad,
         teacher_grad)
-    if REDUCTIONS[reduction] == "none":
-        return element_loss, grad_student, grad_teacher
-    loss = element_loss.sum()
-    if grad_scale is not None:
-        loss = loss * grad_scale
+    loss = reduce_items(element_loss, grad_scale, keep_items=REDUCTIONS[reduction] == "none")
     return loss, grad_student, grad_teacher
 
 

@@ -21,7 +21,7 @@ import torch
 
 from kdcore import _backends
 from kdcore.ops import _checks
-from kdcore.ops._fused import needs_grad, register_fused_autograd
+from kdcore.ops._fused import needs_grad, reduce_items, register_fused_autograd
 
 KINDS = ("kl", "reverse_kl", "jsd")
 REDUCTIONS = ("batchmean", "sum", "none")
@@ -125,11 +125,7 @@ def _kd_loss_op(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tens
     row_loss, grad_student, grad_teacher = launch(
         student, teacher, labels, valid, grad_scale, temperature, kind, beta, alpha,
         student_grad, teacher_grad)
-    if REDUCTIONS[reduction] == "none":
-        return row_loss, grad_student, grad_teacher
-    loss = row_loss.sum()
-    if grad_scale is not None:
-        loss = loss * grad_scale
+    loss = reduce_items(row_loss, grad_scale, keep_items=REDUCTIONS[reduction] == "none")
     return loss, grad_student, grad_teacher
 
 
