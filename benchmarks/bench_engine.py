@@ -61,7 +61,6 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -71,6 +70,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _results import device_slug, merge_results
 from torch.utils.data import DataLoader
 
 import kdcore
@@ -427,11 +427,8 @@ def _cpu_model() -> str:
 def write_results(result: dict, device: torch.device) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda":
-        name = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
-        path = RESULTS / f"{name}.json"
-        merged = json.loads(path.read_text()) if path.exists() else {}
-        merged["engine"] = result
-        path.write_text(json.dumps(merged, indent=1) + "\n")
+        name = device_slug(torch.cuda.get_device_name(device))
+        return merge_results(RESULTS / f"{name}.json", "engine", result)
     else:
         path = RESULTS / "cpu-engine.json"
         path.write_text(json.dumps(result, indent=1) + "\n")

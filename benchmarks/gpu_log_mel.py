@@ -30,11 +30,7 @@ status 1 when a correctness check fails.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -56,7 +52,6 @@ CHECK_TOLERANCES = {"ieee": (1e-5, 1e-3), "tf32x3": (1e-5, 1e-3), "tf32": None, 
 TARGETS = {"ieee_vs_torchaudio_b64": 2.0, "ieee_vs_torchaudio_b1": 5.0,
            "ieee_vs_torchaudio_b8": 5.0}
 QUANTILES = [0.5, 0.2, 0.8]
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,6 +70,7 @@ if _ARGS is not None and _ARGS.dry_run:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
+from _results import RESULTS_DIR, device_slug, environment, merge_results  # noqa: E402
 
 import kdcore  # noqa: E402
 
@@ -262,27 +258,11 @@ def format_table(cases: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def device_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
-
-
 def write_results(path: Path, device_name: str, cases: list[dict], bandwidth: float,
                   throughput: dict, targets: dict) -> None:
-    import triton
-
-    data = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            data = {}
-    data["log_mel"] = {
+    merge_results(path, "log_mel", {
         "device": device_name,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **environment(),
         "settings": SETTINGS,
         "timing": "triton.testing.do_bench, quantiles [0.5, 0.2, 0.8], ms, log-mel output",
         "copy_bandwidth_GBps": bandwidth / 1e6,
@@ -290,9 +270,7 @@ def write_results(path: Path, device_name: str, cases: list[dict], bandwidth: fl
         "check_tolerances": CHECK_TOLERANCES,
         "targets": targets,
         "cases": cases,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    })
 
 
 def main(args: argparse.Namespace) -> int:

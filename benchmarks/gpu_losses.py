@@ -23,11 +23,7 @@ Results merge into ``benchmarks/results/<gpu-name>.json`` under the key ``"kd_lo
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -48,7 +44,6 @@ QUANTILES = [0.5, 0.2, 0.8]
 # Loss relative error, student-gradient error as a fraction of max |grad|, vs float64.
 CHECK_TOLERANCES = {"float32": (1e-4, 1e-3), "bfloat16": (1e-4, 2e-2)}
 TARGETS = {"floor_fraction": 0.80, "vs_eager": 2.0, "vs_compile": 1.0}
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,6 +72,7 @@ if _ARGS is not None and _ARGS.dry_run:
     os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
+from _results import RESULTS_DIR, device_slug, environment, merge_results  # noqa: E402
 
 import kdcore  # noqa: E402
 from kdcore.ops.kd_loss import kd_loss_reference  # noqa: E402
@@ -366,26 +362,10 @@ def format_table(cases: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def device_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
-
-
 def write_results(path: Path, device_name: str, cases: list[dict], copy_bw: dict) -> None:
-    import triton
-
-    data = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            data = {}
-    data["kd_loss"] = {
+    merge_results(path, "kd_loss", {
         "device": device_name,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **environment(),
         "temperature": TEMPERATURE,
         "timing": "triton.testing.do_bench, quantiles [0.5, 0.2, 0.8], ms; backward = full - "
                   "forward (medians)",
@@ -400,9 +380,7 @@ def write_results(path: Path, device_name: str, cases: list[dict], copy_bw: dict
         "copy_bandwidth_GBps": copy_bw,
         "targets": TARGETS,
         "cases": cases,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    })
 
 
 def main(args: argparse.Namespace) -> int:
