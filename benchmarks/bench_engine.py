@@ -70,7 +70,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _results import device_slug, merge_results
+from _common import device_slug, merge_results
 from torch.utils.data import DataLoader
 
 import kdcore

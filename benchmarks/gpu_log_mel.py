@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +49,6 @@ CHECK_TOLERANCES = {"ieee": (1e-5, 1e-3), "tf32x3": (1e-5, 1e-3), "tf32": None, 
                     "torchaudio": (1e-5, 1e-3), "torch_stft": (1e-5, 1e-3)}
 TARGETS = {"ieee_vs_torchaudio_b64": 2.0, "ieee_vs_torchaudio_b1": 5.0,
            "ieee_vs_torchaudio_b8": 5.0}
-QUANTILES = [0.5, 0.2, 0.8]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,25 +67,15 @@ if _ARGS is not None and _ARGS.dry_run:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
-from _results import RESULTS_DIR, device_slug, environment, merge_results  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    bench,
+    device_slug,
+    environment,
+    merge_results,
+)
 
 import kdcore  # noqa: E402
-
-
-def bench(fn: Callable[[], object], device: torch.device) -> list[float]:
-    """[median, 20 %, 80 %] milliseconds."""
-    if device.type == "cuda":
-        import triton.testing
-
-        return list(triton.testing.do_bench(fn, quantiles=QUANTILES))
-    fn()
-    samples = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    samples.sort()
-    return [statistics.median(samples), samples[0], samples[-1]]
 
 
 def copy_bandwidth(device: torch.device) -> float:

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -40,7 +38,6 @@ DRY_RUN_SHAPES = [(16, 37), (8, 300)]
 KINDS = ["kl", "jsd"]
 DTYPES = ["bfloat16", "float32"]
 TEMPERATURE = 2.0
-QUANTILES = [0.5, 0.2, 0.8]
 # Loss relative error, student-gradient error as a fraction of max |grad|, vs float64.
 CHECK_TOLERANCES = {"float32": (1e-4, 1e-3), "bfloat16": (1e-4, 2e-2)}
 TARGETS = {"floor_fraction": 0.80, "vs_eager": 2.0, "vs_compile": 1.0}
@@ -72,7 +69,13 @@ if _ARGS is not None and _ARGS.dry_run:
     os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
-from _results import RESULTS_DIR, device_slug, environment, merge_results  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    bench,
+    device_slug,
+    environment,
+    merge_results,
+)
 
 import kdcore  # noqa: E402
 from kdcore.ops.kd_loss import kd_loss_reference  # noqa: E402
@@ -80,22 +83,6 @@ from kdcore.ops.kd_loss import kd_loss_reference  # noqa: E402
 # --------------------------------------------------------------------------------------------
 # Timing and memory
 # --------------------------------------------------------------------------------------------
-
-
-def bench(fn: Callable[[], object], device: torch.device) -> list[float]:
-    """[median, 20 %, 80 %] milliseconds."""
-    if device.type == "cuda":
-        import triton.testing
-
-        return list(triton.testing.do_bench(fn, quantiles=QUANTILES))
-    fn()  # warm-up (compiles / interprets once)
-    samples = []
-    for _ in range(5):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    samples.sort()
-    return [statistics.median(samples), samples[1], samples[-2]]
 
 
 def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int | None:

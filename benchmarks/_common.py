@@ -1,5 +1,6 @@
-"""Where the benchmark scripts put their results: one JSON per device under ``results/``, each
-script merging its own top-level key (``kd_loss``, ``log_mel``, ``engine``)."""
+"""Shared by the benchmark scripts: one timer (``triton.testing.do_bench`` on a GPU), and where
+results go (one JSON per device under ``results/``, each script merging its own top-level key:
+``kd_loss``, ``log_mel``, ``engine``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,32 @@ import datetime
 import json
 import platform
 import re
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+QUANTILES = [0.5, 0.2, 0.8]
+
+
+def bench(fn: Callable[[], object], device: torch.device) -> list[float]:
+    """[median, 20 %, 80 %] milliseconds: ``do_bench`` on a GPU; on the CPU (dry runs) a warm-up
+    and five timed calls, whose spread is only indicative."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return list(triton.testing.do_bench(fn, quantiles=QUANTILES))
+    fn()  # warm-up (compiles / interprets once)
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    samples.sort()
+    return [statistics.median(samples), samples[1], samples[-2]]
 
 
 def device_slug(name: str) -> str:
