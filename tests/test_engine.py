@@ -304,6 +304,94 @@ def test_grad_accumulation_normalises_by_the_global_valid_frame_count():
                                        rtol=1e-4, atol=1e-6)
 
 
+def _recording_mixup(monkeypatch) -> list:
+    """Wrap the engine's mixup so a test sees each draw ``(mixed, lam, perm)``."""
+    from kdcore.engine import distiller as distiller_module
+
+    draws = []
+    real = distiller_module.mixup
+
+    def recorded(*args, **kwargs):
+        draws.append(real(*args, **kwargs))
+        return draws[-1]
+
+    monkeypatch.setattr(distiller_module, "mixup", recorded)
+    return draws
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0])
+def test_mixup_online_teacher_sees_the_mixed_view_and_labels_mix(monkeypatch, alpha):
+    """One SGD step with mixup equals a float64 step on
+    ``alpha*T^2*KL(teacher(x')||student(x')) + (1-alpha)*(lam*CE(y_a) + (1-lam)*CE(y_b))``
+    with ``x' = lam*x_a + (1-lam)*x_b`` fed to both models."""
+    draws = _recording_mixup(monkeypatch)
+    data = ClusterDataset(16, seed=4)
+    teacher, student = make_pair()
+    seen = []
+    teacher.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
+    start = {name: p.detach().double().clone() for name, p in student.named_parameters()}
+    distiller = Distiller(teacher, student, temperature=2.0, alpha=alpha, mixup=0.4,
+                          optimizer="sgd", lr=0.1, weight_decay=0.0, schedule="constant",
+                          **QUIET)
+    distiller.fit(loader(data, 16, shuffle=False), epochs=1)
+    assert len(draws) == 1 and len(seen) == 2  # the probe batch, then the mixed step
+    _, lam, perm = draws[0]
+    lam64 = lam.double()[:, None]
+    mixed64 = lam64 * data.inputs.double() + (1 - lam64) * data.inputs.double()[perm]
+    assert not torch.allclose(mixed64, data.inputs.double())
+    torch.testing.assert_close(seen[1].double(), mixed64, rtol=1e-6, atol=1e-6)
+
+    reference_teacher, reference_student = make_pair()
+    reference_student.double()
+    with torch.no_grad():
+        t = reference_teacher.double()(mixed64)
+    s = reference_student(mixed64)
+    log_p_t, log_p_s = torch.log_softmax(t / 2, -1), torch.log_softmax(s / 2, -1)
+    kd = 4 * (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+    log_q = torch.log_softmax(s, -1)
+    ce_a = -log_q.gather(1, data.labels[:, None])[:, 0]
+    ce_b = -log_q.gather(1, data.labels[perm][:, None])[:, 0]
+    mixed_ce = lam.double() * ce_a + (1 - lam.double()) * ce_b
+    (alpha * kd + (1 - alpha) * mixed_ce).mean().backward()
+    for name, parameter in reference_student.named_parameters():
+        torch.testing.assert_close(distiller.student.get_parameter(name).double(),
+                                   start[name] - 0.1 * parameter.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_mixup_cached_stores_clean_outputs_and_mixes_distributions(tmp_path, task):
+    """The cache holds the teacher's outputs of the clean items; a mixed step's targets are
+    ``lam*p_a + (1-lam)*p_b`` of those at the temperature (sigmoids for multilabel)."""
+    from kdcore.engine.distiller import Mix
+
+    dataset = ClusterDataset(24, task=task)
+    teacher, student = make_pair()
+    distiller = Distiller(teacher, student, task=task, teacher_mode="cached", mixup=0.4,
+                          temperature=3.0, lr=1e-2, **QUIET)
+    distiller.fit(loader(dataset, 8), epochs=2, out_dir=tmp_path)
+    stored = np.memmap(tmp_path / "teacher_cache" / "logits.f32", dtype=np.float32, mode="r",
+                       shape=(len(dataset), 1, NUM_CLASSES))
+    clean = outputs64(teacher, dataset.inputs)
+    np.testing.assert_allclose(stored[:, 0], clean, rtol=1e-5, atol=1e-5)
+
+    lam = torch.tensor([0.5, 0.7, 0.99, 1.0, 0.6, 0.8])
+    perm = torch.tensor([1, 0, 3, 2, 5, 4])
+    logits = torch.from_numpy(clean[:6]).float()
+    logits[4, 2] = -math.inf if task == "multiclass" else logits[4, 2]
+    mixed = distiller._mix_teacher({"logits": logits}, Mix(lam, perm))["logits"].double()
+    scaled = logits.double() / 3.0
+    weight = lam.double()[:, None]
+    if task == "multiclass":
+        expected = (weight * torch.softmax(scaled, -1)
+                    + (1 - weight) * torch.softmax(scaled, -1)[perm])
+        got = torch.softmax(mixed / 3.0, -1)
+    else:
+        expected = weight * torch.sigmoid(scaled) + (1 - weight) * torch.sigmoid(scaled)[perm]
+        got = torch.sigmoid(mixed / 3.0)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    assert torch.isfinite(mixed).all()  # a class -inf in one row only stays reachable
+
+
 # ------------------------------------------------------------------------------------------
 # Faults
 # ------------------------------------------------------------------------------------------
@@ -382,6 +470,8 @@ def test_nonfinite_loss_skips_the_step_then_stops_with_the_checkpoint_intact(tmp
     ({"feature_weight": 1.0}, ValueError, "feature_pairs"),
     ({"cuda_graphs": True, "device": "cpu"}, ValueError, "CUDA"),
     ({"precision": "int8"}, ValueError, "precision"),
+    ({"mixup": -0.2}, ValueError, "mixup"),
+    ({"mixup": 0.4, "task": "frame"}, ValueError, "mixup"),
 ])
 def test_bad_configuration_raises_before_training(kwargs, error, match):
     teacher, student = make_pair()

@@ -91,10 +91,15 @@ def mixup(inputs: torch.Tensor, alpha: float = 0.3, generator: torch.Generator |
     if not isinstance(alpha, (int, float)) or alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
     batch = inputs.shape[0]
-    # Beta(a, a) = X / (X + Y) with X, Y ~ Gamma(a), drawn by inverse CDF from the generator.
-    uniforms = torch.rand(2, batch, generator=generator, device=inputs.device)
-    draws = _gamma_from_uniform(float(alpha), uniforms)
-    lam = draws[0] / (draws[0] + draws[1]).clamp_min(1e-12)
+    if generator is None:
+        concentration = torch.full((batch,), float(alpha), device=inputs.device)
+        lam = torch.distributions.Beta(concentration, concentration).sample()
+    else:
+        # Beta(a, a) = X / (X + Y) with X, Y ~ Gamma(a), drawn by inverse CDF from the
+        # generator (torch's gamma sampler takes no generator).
+        uniforms = torch.rand(2, batch, generator=generator, device=inputs.device)
+        draws = _gamma_from_uniform(float(alpha), uniforms)
+        lam = draws[0] / (draws[0] + draws[1]).clamp_min(1e-12)
     lam = torch.maximum(lam, 1.0 - lam).float()
     perm = torch.randperm(batch, generator=generator, device=inputs.device)
     weight = lam.to(inputs.dtype).view(batch, *([1] * (inputs.dim() - 1)))

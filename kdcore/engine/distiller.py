@@ -19,18 +19,22 @@ device and are read every ``min(log_every, max_nonfinite)`` steps and at epoch e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import math
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kdcore._backends import BACKENDS
+from kdcore.data.augment import mix_targets, mixup
 from kdcore.engine import batches as batching
 from kdcore.engine import checkpoint as ckpt
 from kdcore.engine.cache import TeacherCache
@@ -79,6 +83,14 @@ class PhaseTimer:
         now = time.perf_counter()
         self.totals[phase] += now - self.last
         self.last = now
+
+
+@dataclasses.dataclass
+class Mix:
+    """One mixup draw: row ``b`` is ``lam[b]`` of itself and ``1-lam[b]`` of row ``perm[b]``."""
+
+    lam: torch.Tensor  # (B,) float32 in [0.5, 1]
+    perm: torch.Tensor  # (B,) int64
 
 
 def _check_int(name: str, value: object, low: int) -> int:
@@ -132,7 +144,16 @@ class Distiller:
     ``cache_views`` [1], ``log_every`` [50], ``checkpoint_every`` [200 optimizer steps;
     0 = epoch ends only], ``max_nonfinite`` [10], ``progress`` [True: a tqdm bar],
     ``tensorboard`` [False: a SummaryWriter in ``out_dir/tensorboard`` when installed],
-    ``loss_backend`` ["auto": the backend of the kdcore loss ops, see :mod:`kdcore._backends`].
+    ``loss_backend`` ["auto": the backend of the kdcore loss ops, see :mod:`kdcore._backends`],
+    ``mixup`` [0: off; > 0: the Beta(mixup, mixup) concentration, see below].
+
+    Mixup (``mixup > 0``, training steps only) mixes each input with a random partner of its
+    batch before the frontend, ``x' = lam*x_a + (1-lam)*x_b`` with ``lam ~ Beta`` folded to
+    [0.5, 1], and mixes every target with the same ``lam`` (REFERENCE section 5). The label
+    term becomes ``lam*CE(y_a) + (1-lam)*CE(y_b)`` (multilabel: the labels mix). Online, the
+    teacher sees the mixed input, so its targets are its own function of the student's view;
+    cached, the stored teacher distributions mix, ``lam*p_a + (1-lam)*p_b`` at temperature T,
+    and stored features mix linearly. A row whose partner is masked or ignored drops out.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, *,
@@ -147,7 +168,7 @@ class Distiller:
                  cache_dir: str | Path | None = None, cache_views: int = 1,
                  log_every: int = 50, checkpoint_every: int = 200, max_nonfinite: int = 10,
                  progress: bool = True, tensorboard: bool = False,
-                 loss_backend: str = "auto") -> None:
+                 loss_backend: str = "auto", mixup: float = 0.0) -> None:
         for name, module in (("teacher", teacher), ("student", student)):
             if not isinstance(module, nn.Module):
                 raise TypeError(f"{name} must be a torch.nn.Module, got {type(module).__name__}")
@@ -163,6 +184,10 @@ class Distiller:
         _checks.check_choice("feature_kind", feature_kind, FEATURE_KINDS)
         self.feature_weight = _checks.check_number("feature_weight", feature_weight, low=0.0,
                                                    high=math.inf)
+        self.mixup = _checks.check_number("mixup", mixup, low=0.0, high=math.inf)
+        if self.mixup > 0 and task == "frame":
+            raise ValueError("mixup is for task='multiclass' or 'multilabel'; per-frame labels "
+                             "of two clips do not mix")
         _checks.check_choice("teacher_mode", teacher_mode, TEACHER_MODES)
         _checks.check_choice("precision", precision, PRECISIONS)
         _checks.check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -249,6 +274,7 @@ class Distiller:
             "cuda_graphs": self.cuda_graphs, "optimizer": optimizer, "lr": self.lr,
             "weight_decay": self.weight_decay, "schedule": schedule,
             "grad_accum": self.grad_accum, "seed": self.seed, "cache_views": self.cache_views,
+            "mixup": self.mixup,
         }
 
     # ----------------------------------------------------------------------------------------
@@ -280,14 +306,17 @@ class Distiller:
         return outputs
 
     def _teacher_outputs(self, batch: batching.Batch,
-                         features: torch.Tensor) -> dict[str, torch.Tensor]:
+                         features: torch.Tensor | Callable[[], torch.Tensor],
+                         ) -> dict[str, torch.Tensor]:
+        """The teacher's outputs for ``batch``: from the cache, or by running the teacher on
+        ``features`` (a callable is called only then), storing them when caching."""
         if self.cache is not None:
             stored = self.cache.lookup(batch.index, batch.view, batch.size)
             if stored is not None:
                 pin = self.device.type == "cuda"
                 return {name: (value.pin_memory() if pin else value).to(
                     self.device, non_blocking=True) for name, value in stored.items()}
-        outputs = self._run_teacher(features)
+        outputs = self._run_teacher(features() if callable(features) else features)
         if self.cache is not None:
             self.cache.store(batch.index, batch.view, outputs)
         return outputs
@@ -309,6 +338,41 @@ class Distiller:
                         f"{IGNORE_INDEX}, got values in [{int(kept.min())}, {int(kept.max())}]")
         return batching.to_device(batch, self.device)
 
+    def _mix_batch(self, batch: batching.Batch) -> tuple[batching.Batch, Mix]:
+        """Mixup of the inputs (on the device); labels, index and view stay the primary
+        rows' (the partner's come from ``mix.perm``)."""
+        mixed, lam, perm = mixup(batch.inputs.float(), self.mixup)
+        mask = batch.mask
+        if mask is not None:
+            mask = mask & mask[perm]
+        return dataclasses.replace(batch, inputs=mixed, mask=mask), Mix(lam, perm)
+
+    def _mix_teacher(self, outputs: dict[str, torch.Tensor], mix: Mix) -> dict[str, torch.Tensor]:
+        """Cached teacher outputs of the clean rows mixed like the inputs: the logits as
+        distributions at the temperature T, features linearly."""
+        temperature = self.temperature
+        log_lam = torch.log(mix.lam)[:, None]
+        log_rest = torch.log1p(-mix.lam)[:, None]
+        mixed = {}
+        for name, value in outputs.items():
+            value = value.float()
+            if name != "logits":
+                mixed[name] = mix_targets(value, mix.lam, mix.perm)
+                continue
+            scaled = value / temperature
+            if self.task == "multilabel":
+                # logit(lam*sigmoid(a) + (1-lam)*sigmoid(b)), in log space
+                positive = torch.logaddexp(F.logsigmoid(scaled) + log_lam,
+                                           F.logsigmoid(scaled[mix.perm]) + log_rest)
+                negative = torch.logaddexp(F.logsigmoid(-scaled) + log_lam,
+                                           F.logsigmoid(-scaled[mix.perm]) + log_rest)
+                mixed[name] = temperature * (positive - negative)
+            else:
+                log_probs = torch.log_softmax(scaled, dim=-1)
+                mixed[name] = temperature * torch.logaddexp(log_probs + log_lam,
+                                                            log_probs[mix.perm] + log_rest)
+        return mixed
+
     def _mask(self, batch: batching.Batch, logits: torch.Tensor) -> torch.Tensor | None:
         mask = batch.mask
         if batch.lengths is not None:
@@ -324,9 +388,11 @@ class Distiller:
 
     def _objective(self, student_logits: torch.Tensor, student_features: list[torch.Tensor],
                    teacher: dict[str, torch.Tensor], batch: batching.Batch,
+                   mix: Mix | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(loss_sum, rows, mask)``: the loss summed over valid rows (fp32) and the number
-        of rows it counts (elements for multilabel), both device tensors."""
+        of rows it counts (elements for multilabel), both device tensors. With ``mix`` the
+        labels mix like the inputs did."""
         with self._no_autocast(), _checks.data_checks(not self._labels_checked):
             student = student_logits.float()
             teacher_logits = teacher["logits"].float()
@@ -334,14 +400,21 @@ class Distiller:
             labels = batch.labels
             lead_shape = student.shape[:-1]
             if self.task == "multilabel":
+                if labels is not None:
+                    labels = labels.float()
+                    if mix is not None:
+                        labels = mix_targets(labels, mix.lam, mix.perm)
                 loss_sum = kd_bce_loss(
-                    student, teacher_logits, temperature=self.temperature,
-                    labels=None if labels is None else labels.float(), alpha=self.alpha,
-                    mask=mask, reduction="sum", backend=self._loss_backend)
+                    student, teacher_logits, temperature=self.temperature, labels=labels,
+                    alpha=self.alpha, mask=mask, reduction="sum", backend=self._loss_backend)
                 valid = mask
                 per_row = student.shape[-1]
             else:
                 labels = None if labels is None else labels.long()
+                partner_labels = None
+                if labels is not None and mix is not None:
+                    partner_labels = labels[mix.perm]
+                    labels = torch.where(partner_labels == IGNORE_INDEX, IGNORE_INDEX, labels)
                 loss_sum = kd_loss(student, teacher_logits, temperature=self.temperature,
                                    kind=self.kd_kind, labels=labels, alpha=self.alpha,
                                    ignore_index=IGNORE_INDEX, mask=mask, reduction="sum",
@@ -350,6 +423,14 @@ class Distiller:
                 if labels is not None:  # kd_loss drops ignore_index rows from every term
                     kept = labels != IGNORE_INDEX
                     valid = kept if valid is None else valid & kept
+                if partner_labels is not None and self.alpha < 1:
+                    # lam*CE(y_a) + (1-lam)*CE(y_b) = CE(y_a) + (1-lam)*(s[y_a] - s[y_b])
+                    own = student.gather(-1, torch.where(kept, labels, 0)[:, None])[:, 0]
+                    other = student.gather(
+                        -1, torch.where(kept, partner_labels, 0)[:, None])[:, 0]
+                    shift = (1.0 - mix.lam) * (own - other)
+                    loss_sum = loss_sum + (1.0 - self.alpha) * torch.where(
+                        valid, shift, 0.0).sum()
                 per_row = 1
             if valid is None:
                 rows = torch.full((), float(lead_shape.numel() * per_row), device=self.device)
@@ -702,10 +783,17 @@ class Distiller:
             samples += batch.size
             if timer is not None:
                 timer.lap("data")
+            clean_inputs, mix = batch.inputs, None
+            if self.mixup > 0:
+                batch, mix = self._mix_batch(batch)
             features = self._features(batch.inputs)
             if timer is not None:
                 timer.lap("frontend")
-            teacher = self._teacher_outputs(batch, features)
+            if mix is not None and self.cache is not None:
+                teacher = self._mix_teacher(self._teacher_outputs(
+                    batch, functools.partial(self._features, clean_inputs)), mix)
+            else:
+                teacher = self._teacher_outputs(batch, features)
             if timer is not None:
                 timer.lap("teacher")
             last = position == len(window) - 1
@@ -717,7 +805,7 @@ class Distiller:
                 if timer is not None:
                     timer.lap("student_fwd")
                 loss_sum, rows, mask = self._objective(student_logits, student_features,
-                                                       teacher, batch)
+                                                       teacher, batch, mix)
                 if timer is not None:
                     timer.lap("loss")
                 self.scaler.scale(loss_sum).backward()
