@@ -495,13 +495,19 @@ class _ExportLogMel(nn.Module):
         self.register_buffer("filterbank", filterbank.clone())  # (n_freqs, n_mels) float64
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        from kdcore.ops.log_mel import _apply_log, _frames_reference
+        from kdcore.ops.log_mel import _apply_log, fold_index
 
         config = self.config
         samples = waveforms.shape[-1]
         n_frames = int(config.frames(torch.as_tensor(samples, dtype=torch.int64)))
-        lengths = torch.full_like(waveforms[:, 0], samples, dtype=torch.int64)
-        frames = _frames_reference(waveforms.double(), lengths, config, n_frames)
+        # One gather with a constant (frames, win) index: the legacy ONNX exporter
+        # mis-shapes Tensor.unfold on the last dimension.
+        position = (config.hop_length * torch.arange(n_frames)[:, None]
+                    + torch.arange(config.win_length)[None, :] - config.lead)
+        length = torch.as_tensor(samples, dtype=torch.int64)
+        frames = waveforms.double()[:, fold_index(position, length, config.pad_mode)]
+        if config.pad_mode == "constant":
+            frames = torch.where((position >= 0) & (position < samples), frames, 0.0)
         power = (frames @ self.cosine).square() + (frames @ self.sine).square()
         if config.power != 2.0:
             power = power.pow(config.power / 2.0)

@@ -300,3 +300,23 @@ def test_export_onnx(workspace: Path, capsys: pytest.CaptureFixture) -> None:
         expected = checkpoint.model(checkpoint.build_frontend("reference")(
             torch.from_numpy(waves)))
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("options", [
+    {"pad_mode": "reflect"},
+    {"pad_mode": "constant", "win_length": 96},
+    {"pad_mode": "replicate", "window": "hamming"},
+    {"center": False, "log": "db"},
+])
+def test_export_frontend_matches_log_mel(options: dict) -> None:
+    """The plain-op frontend written into exported files (no unfold, no rfft) computes what
+    LogMel does, for each padding and framing."""
+    from kdcore.frontend import LogMel
+
+    log_mel = LogMel(sample_rate=RATE, n_fft=128, hop_length=48, n_mels=16, backend="reference",
+                     **options)
+    waves = 0.1 * torch.randn(3, 1999, generator=torch.Generator().manual_seed(2))
+    exported = cli._ExportLogMel(log_mel)(waves)
+    expected = log_mel(waves)
+    assert exported.shape == expected.shape
+    torch.testing.assert_close(exported, expected, rtol=1e-4, atol=1e-4)
