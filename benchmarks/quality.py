@@ -1,0 +1,178 @@
+"""Does distillation help, measurably? The KD student against the same student trained alone,
+over several seeds, on the embedded ``SyntheticAudio`` and on FSDD with one speaker held out.
+
+Each (dataset, seed) runs :func:`kdcore.demo.compare`: a teacher, the student alone and the
+same student (same initialisation, epochs, learning rate, batch size and augmentation) with
+distillation, all evaluated at the end of training on the held-out test split (no model
+selection on it). Reported per dataset: accuracy and macro-F1 of each model as mean and sample
+std over seeds, the paired per-seed KD gain, and the share of the teacher-minus-alone gap that
+KD closes (mean gain over mean gap). Targets: gain >= 2 points and gap closed >= 50 %.
+
+    python benchmarks/quality.py                       # both datasets, seeds 0 1 2
+    python benchmarks/quality.py --datasets fsdd --seeds 0 --out /tmp/quality.json
+
+FSDD is read from ``../shared/data/fsdd`` (or ``--fsdd DIR``) and skipped when absent.
+Writes ``benchmarks/results/quality.json`` (merged per dataset) and the per-run reports under
+``--work`` (default a temporary directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment, merge_results  # noqa: E402
+
+from kdcore.demo import FULL, DemoConfig, compare  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
+FSDD = ROOT.parent / "shared" / "data" / "fsdd"
+HELD_OUT_SPEAKER = "theo"
+
+# The demo's full recipe on SyntheticAudio; on FSDD the same recipe on 0.75 s crops
+# (97 % of the recordings are shorter), 2500 train clips from five speakers, 500 test clips.
+CONFIGS = {
+    "synthetic": FULL,
+    "fsdd": dataclasses.replace(FULL, duration=0.75, train_clips=2500, test_clips=500),
+}
+
+
+def synthetic_data(config: DemoConfig):
+    from kdcore.data import SyntheticAudio
+
+    data_args = {"seed": config.seed, "sample_rate": config.sample_rate,
+                 "duration": config.duration}
+    train_set = SyntheticAudio(config.train_clips, split="train", **data_args)
+    test_set = SyntheticAudio(config.test_clips, split="test", **data_args)
+    for dataset in (train_set, test_set):
+        for index in range(len(dataset)):
+            dataset[index]  # generate once; the cache serves every epoch
+    return train_set, test_set, list(train_set.classes), "SyntheticAudio (seeded by the run)"
+
+
+def fsdd_data(config: DemoConfig, root: Path):
+    from kdcore.data import group_split, load_source
+
+    source = load_source(root / "manifest.csv")
+    split = group_split(source.groups("speaker"), test_groups=[HELD_OUT_SPEAKER])
+    clip = round(config.duration * config.sample_rate)
+    options = {"sample_rate": config.sample_rate, "clip_samples": clip, "preload": True}
+    train_set = source.dataset(split["train"], train=True, **options)
+    test_set = source.dataset(split["test"], train=False, **options)
+    return (train_set, test_set, list(source.classes),
+            f"FSDD, speaker {HELD_OUT_SPEAKER!r} held out")
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and sample std over seeds of each model's accuracy/macro-F1 (percent), the paired
+    KD gain and the gap closed."""
+    def stats(values: list[float]) -> dict:
+        return {"mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "values": values}
+
+    summary = {}
+    for position, row in enumerate(runs[0]["rows"]):
+        summary[row["model"]] = {
+            "accuracy": stats([100 * run["rows"][position]["accuracy"] for run in runs]),
+            "macro_f1": stats([100 * run["rows"][position]["macro_f1"] for run in runs]),
+            "parameters": row["parameters"],
+            "macs": row["macs"],
+        }
+    # Per seed, against the better student trained without a teacher (kdcore.demo.compare).
+    gains = [run["kd_gain_points"] for run in runs]
+    gaps = []
+    for run in runs:
+        baseline = next(row for row in run["rows"] if row["model"] == run["baseline"])
+        gaps.append(100 * (run["rows"][0]["accuracy"] - baseline["accuracy"]))
+    mean_gap = statistics.fmean(gaps)
+    summary["baselines"] = [run["baseline"] for run in runs]
+    summary["kd_gain_points"] = stats(gains)
+    summary["gap_points"] = stats(gaps)
+    summary["gap_closed"] = statistics.fmean(gains) / mean_gap if mean_gap > 0 else None
+    summary["targets_met"] = {
+        "gain_at_least_2_points": summary["kd_gain_points"]["mean"] >= 2.0,
+        "gap_closed_at_least_half": (summary["gap_closed"] or 0.0) >= 0.5,
+    }
+    return summary
+
+
+def format_summary(name: str, summary: dict) -> str:
+    lines = [f"{name}:"]
+    for model in [key for key, value in summary.items() if isinstance(value, dict)
+                  and "macro_f1" in value]:
+        accuracy = summary[model]["accuracy"]
+        lines.append(f"  {model:<14} {accuracy['mean']:6.2f} ± {accuracy['std']:.2f} %  "
+                     f"(seeds: {', '.join(f'{v:.1f}' for v in accuracy['values'])})")
+    gain = summary["kd_gain_points"]
+    closed = summary["gap_closed"]
+    lines.append(f"  KD gain {gain['mean']:+.2f} ± {gain['std']:.2f} points; gap closed "
+                 f"{'n/a' if closed is None else f'{100 * closed:.0f} %'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", choices=sorted(CONFIGS),
+                        default=["synthetic", "fsdd"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--fsdd", type=Path, default=FSDD)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="where the per-run reports go (default: a temporary directory)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = args.work or Path(tempfile.mkdtemp(prefix="kdcore_quality_"))
+    for name in args.datasets:
+        if name == "fsdd" and not (args.fsdd / "manifest.csv").is_file():
+            print(f"skipping fsdd: no manifest.csv under {args.fsdd}")
+            continue
+        runs = []
+        started = time.perf_counter()
+        for seed in args.seeds:
+            config = dataclasses.replace(CONFIGS[name], seed=seed)
+            if name == "fsdd":
+                train_set, test_set, classes, described = fsdd_data(config, args.fsdd)
+            else:
+                train_set, test_set, classes, described = synthetic_data(config)
+            print(f"\n### {name}, seed {seed}: {described}, {len(train_set)} train / "
+                  f"{len(test_set)} test clips", flush=True)
+            runs.append(compare(train_set, test_set, classes, config,
+                                work / name / f"seed{seed}", progress=False))
+        summary = summarise(runs)
+        print("\n" + format_summary(name, summary), flush=True)
+        payload = {
+            "date": datetime.date.today().isoformat(),
+            "dataset": described,
+            "train_clips": len(train_set), "test_clips": len(test_set),
+            "seeds": args.seeds,
+            "config": dataclasses.asdict(CONFIGS[name]) | {"seed": "per run"},
+            "summary": summary,
+            "runs": [{"seed": seed, "rows": run["rows"], "baseline": run["baseline"],
+                      "kd_gain_points": run["kd_gain_points"], "gap_closed": run["gap_closed"]}
+                     for seed, run in zip(args.seeds, runs, strict=True)],
+            "seconds": time.perf_counter() - started,
+            "environment": environment() | {"cpu_count": os.cpu_count(),
+                                            "torch_threads": torch.get_num_threads(),
+                                            "device": "cpu"},
+        }
+        merge_results(args.out, name, payload)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
