@@ -266,7 +266,7 @@ def _fit(teacher: nn.Module, student: nn.Module, data: Data, args: argparse.Name
                           device=device, checkpoint_every=0, progress=not args.no_progress,
                           teacher_mode=teacher_mode, feature_pairs=feature_pairs,
                           feature_weight=feature_weight, cache_dir=cache_dir,
-                          loss_backend=args.backend)
+                          loss_backend=args.backend, mixup=args.mixup)
     train_loader = _loader(data.train, args.batch_size, shuffle=True)
     val_loader = _loader(data.evaluation, args.batch_size, shuffle=False)
     history = distiller.fit(train_loader, val_loader, epochs=args.epochs, out_dir=out,
@@ -725,6 +725,10 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
                         help="extra model keyword (repeatable), e.g. dropout=0.2")
     parser.add_argument("--no-augment", action="store_true",
                         help="no gain/shift/SpecAugment during training")
+    parser.add_argument("--mixup", type=float, default=0.0, metavar="A",
+                        help="mixup with lam ~ Beta(A, A) on the training waveforms, labels "
+                             "and teacher targets mixed alike (0 = off; the demo's KD recipe "
+                             "uses 0.3)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoints/last.pt")
 

@@ -79,12 +79,12 @@ def test_train_distill_eval_export(workspace: Path) -> None:
     result = run_kdcore("distill", "--data", "data", "--teacher", "teacher/model.pt",
                         "--student", "student_dscnn", "--width", "4", "--temperature", "3",
                         "--alpha", "0.7", "--feature-pair", "dropout:dropout", "--epochs", "1",
-                        "--out", "student", *SIZES, *FRONTEND, cwd=workspace)
+                        "--mixup", "0.3", "--out", "student", *SIZES, *FRONTEND, cwd=workspace)
     assert result.returncode == 0, result.stderr
     student = workspace / "student"
     assert (student / "model.pt").is_file() and (student / "confusion.png").is_file()
     config = json.loads((student / "run.json").read_text())["config"]
-    assert (config["temperature"], config["alpha"]) == (3.0, 0.7)
+    assert (config["temperature"], config["alpha"], config["mixup"]) == (3.0, 0.7, 0.3)
     assert config["feature_pair"] == ["dropout:dropout"]
 
     result = run_kdcore("eval", "--data", "data/manifest.csv", "--model", "student/model.pt",
@@ -171,6 +171,8 @@ def test_user_mistakes_are_one_line_errors(workspace: Path,
         (["distill", "--data", "data", "--teacher", "missing.pt", "--student",
           "student_dscnn", "--out", "x"], "missing.pt"),
         (["train", "--data", "data", "--model", "teacher_cnn"], "--out"),
+        (["train", "--data", "data", "--model", "teacher_cnn", "--out", "x", "--mixup", "-1"],
+         "mixup"),
     ]
     current = Path.cwd()
     os.chdir(workspace)
