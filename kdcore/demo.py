@@ -45,7 +45,7 @@ class DemoConfig:
     teacher_lr: float = 3e-3
     temperature: float = 2.0
     alpha: float = 0.9
-    mixup: float = 0.3
+    mixup: float = 0.0
     teacher_mixup: float = 0.0
     mixup_control: bool = True
     seed: int = 0
@@ -177,7 +177,7 @@ def run_demo(*, quick: bool = False, out_dir: str | Path = "kdcore_demo",
 
 def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
             config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
-            started: float | None = None) -> dict:
+            started: float | None = None, teacher: nn.Module | None = None) -> dict:
     """Train a teacher, the student alone and the same student (same initialisation, epochs,
     learning rate, augmentation) with distillation on one dataset of :class:`AudioExample`
     items with fixed-length waveforms, then evaluate all three on ``test_set``.
@@ -185,7 +185,10 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     Writes per model ``report_*.json`` and ``confusion_*.png``, ``curves.png`` and
     ``results.json`` to ``out_dir``; returns the results dict: ``rows`` (model, parameters,
     MACs, accuracy, macro-F1, clips/s, training seconds), ``kd_gain_points`` and
-    ``gap_closed`` (the KD gain over the teacher-minus-alone gap)."""
+    ``gap_closed`` (the KD gain over the teacher-minus-alone gap). A trained ``teacher``
+    (a ``teacher_cnn`` of ``config``'s width, e.g. ``results["teacher"]`` of an earlier call)
+    is evaluated and reused instead of trained; the returned ``results["teacher"]`` is the
+    teacher used."""
     from kdcore.eval import classification_report
 
     out = Path(out_dir)
@@ -193,7 +196,10 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     started = time.perf_counter() if started is None else started
     classes = len(class_names)
     torch.manual_seed(config.seed)
-    teacher = create("teacher_cnn", classes, n_mels=config.n_mels, width=config.teacher_width)
+    trained = teacher is not None
+    if teacher is None:
+        teacher = create("teacher_cnn", classes, n_mels=config.n_mels,
+                         width=config.teacher_width)
     student_alone = create("student_dscnn", classes, n_mels=config.n_mels,
                            width=config.student_width)
     student_kd = copy.deepcopy(student_alone)  # same initialisation
@@ -213,17 +219,21 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
         print(f"\n== {name}: {_format_count(model.num_parameters())} parameters, "
               f"{epochs} epochs", flush=True)
         slug = name.replace(" + ", "_").replace(" ", "_")
-        distiller, history, seconds = _train(slug, guide, model, alpha, train_set, test_set,
-                                             config, out, progress, epochs=epochs, lr=lr,
-                                             mixup=mixup)
+        if name == "teacher" and trained:
+            print("(trained earlier: evaluated only)", flush=True)
+            frontend, seconds = _frontend(config), 0.0
+        else:
+            distiller, history, seconds = _train(slug, guide, model, alpha, train_set,
+                                                 test_set, config, out, progress,
+                                                 epochs=epochs, lr=lr, mixup=mixup)
+            histories[name] = history
+            frontend = distiller.frontend
         if name == "teacher":
             teacher.eval()
-        frontend = distiller.frontend
         labels, predictions = _predict(frontend, model, test_set)
         report = classification_report(labels, predictions, class_names)
         report.save_json(out / f"report_{slug}.json")
         report.save_confusion_png(out / f"confusion_{slug}.png", title=f"{name}: confusion")
-        histories[name] = history
         rows.append({"model": name, "parameters": model.num_parameters(),
                      "macs": model.macs(int(frontend[1].frames(probe.shape[1]))),
                      "accuracy": report.accuracy, "macro_f1": report.macro_f1,
@@ -240,7 +250,7 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
                "kd_gain_points": 100 * gain, "gap_closed": gain / gap if gap > 0 else None,
                "total_seconds": time.perf_counter() - started}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+    return results | {"teacher": teacher}
 
 
 def format_table(results: dict) -> str:

@@ -1,8 +1,10 @@
 """The training demo end to end on a tiny configuration (the real sizes are QUICK/FULL)."""
 
+import dataclasses
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("sklearn", reason="the demo's reports need scikit-learn")
 pytest.importorskip("matplotlib", reason="the demo's plots need matplotlib")
@@ -55,3 +57,25 @@ def test_demo_sizes_are_ordered():
     assert QUICK.train_clips * QUICK.epochs * QUICK.duration < \
         FULL.train_clips * FULL.epochs * FULL.duration
     assert QUICK.teacher_epochs <= FULL.teacher_epochs
+
+
+def test_compare_reuses_a_trained_teacher(tmp_path):
+    from kdcore.data import SyntheticAudio
+    from kdcore.demo import compare
+
+    config = DemoConfig(train_clips=32, test_clips=16, epochs=1, teacher_epochs=1, duration=0.3,
+                        batch_size=16, n_mels=16, teacher_width=4, student_width=4)
+    data = {"seed": 0, "sample_rate": config.sample_rate, "duration": config.duration}
+    train_set = SyntheticAudio(32, split="train", **data)
+    test_set = SyntheticAudio(16, split="test", **data)
+    first = compare(train_set, test_set, list(train_set.classes), config, tmp_path / "a",
+                    progress=False)
+    weights = {k: v.clone() for k, v in first["teacher"].state_dict().items()}
+    second = compare(train_set, test_set, list(train_set.classes),
+                     dataclasses.replace(config, seed=1), tmp_path / "b", progress=False,
+                     teacher=first["teacher"])
+    assert second["teacher"] is first["teacher"]
+    for key, value in second["teacher"].state_dict().items():
+        assert torch.equal(value, weights[key])  # evaluated, not trained again
+    assert second["rows"][0]["train_seconds"] == 0.0
+    assert second["rows"][0]["accuracy"] == first["rows"][0]["accuracy"]
