@@ -264,7 +264,9 @@ def format_table(results: dict) -> str:
                      f"{row['macs'] / 1e6:>8.1f}M{100 * row['accuracy']:>9.1f}%"
                      f"{100 * row['macro_f1']:>9.1f}%{row['clips_per_s']:>10.0f}{gain:>10}")
     baseline = results.get("baseline", "student alone")
-    lines.append(f"KD gain: over {baseline!r}, the better student trained without a teacher.")
+    if sum(row["model"] != "teacher" for row in results["rows"]) > 2:
+        lines.append(f"KD gain: over {baseline!r}, the better student trained without a "
+                     "teacher.")
     if results["gap_closed"] is not None:
         lines.append(f"KD closes {100 * results['gap_closed']:.0f} % of the gap between that "
                      "student and the teacher.")
