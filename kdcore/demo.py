@@ -1,13 +1,15 @@
 """``kdcore demo``: on :class:`kdcore.data.SyntheticAudio`, train a teacher, the student alone
 and the same student with distillation, then print a comparison table and write reports.
+:func:`compare` does the same on any dataset (``benchmarks/quality.py`` runs it on FSDD).
 
-All three runs use :class:`kdcore.Distiller` (AdamW, one-cycle LR, same batch size and
-seed; the two students share epochs, learning rate and initialisation) and one frontend:
-random gain and shift on the waveform, log-mel, SpecAugment. The frontend output is shared by
-teacher and student, so the teacher always sees the student's exact augmented view. Plain
-training (the teacher, the student alone) is the same loop with ``alpha=0`` (cross-entropy
-only) against a constant stand-in teacher.
-"""
+Every run uses :class:`kdcore.Distiller` (AdamW, one-cycle LR, same batch size and seed; the
+students share epochs, learning rate and initialisation) and one frontend: random gain and
+shift on the waveform, log-mel, SpecAugment. The frontend output is shared by teacher and
+student, so the teacher always sees the student's exact augmented view. Plain training (the
+teacher, the student alone) is the same loop with ``alpha=0`` (cross-entropy only) against a
+constant stand-in teacher. With ``mixup > 0`` the KD student trains on mixed clips and a
+"student alone + mixup" control joins the table; the KD gain is then taken over the better
+student alone."""
 
 from __future__ import annotations
 
