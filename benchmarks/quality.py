@@ -78,6 +78,24 @@ def fsdd_data(config: DemoConfig, root: Path):
             f"FSDD, speaker {HELD_OUT_SPEAKER!r} held out")
 
 
+def load_teacher(run_dir: Path, config: DemoConfig, name: str) -> torch.nn.Module:
+    """The teacher that :func:`kdcore.demo.compare` trained into ``run_dir`` (the Distiller
+    checkpoint of its teacher run); a checkpoint of another shape or schedule is refused."""
+    from kdcore.models import create
+
+    path = run_dir / "teacher" / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise SystemExit(f"--reuse-teacher: no teacher checkpoint at {path}")
+    state = torch.load(path, weights_only=True)
+    if state["epoch"] != config.teacher_epochs:
+        raise SystemExit(f"--reuse-teacher: {path} has {state['epoch']} epochs, the "
+                         f"configuration {config.teacher_epochs}")
+    classes = 16 if name == "synthetic" else 10
+    teacher = create("teacher_cnn", classes, n_mels=config.n_mels, width=config.teacher_width)
+    teacher.load_state_dict(state["student"])  # the teacher was the run's trained model
+    return teacher.eval()
+
+
 def summarise(runs: list[dict]) -> dict:
     """Mean and sample std over seeds of each model's accuracy/macro-F1 (percent), the paired
     KD gain and the gap closed."""
@@ -136,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the per-run reports go (default: a temporary directory)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--reuse-teacher", action="store_true",
+                        help="take the teacher an earlier run with the same --work and "
+                             "configuration trained (its first seed's checkpoint)")
     parser.add_argument("--teacher-per-seed", action="store_true",
                         help="train a teacher for every seed (default: the first seed's "
                              "teacher serves every seed; the seeds vary the students)")
@@ -149,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         runs, teacher = [], None
         started = time.perf_counter()
+        if args.reuse_teacher:
+            teacher = load_teacher(work / name / f"seed{args.seeds[0]}", CONFIGS[name],
+                                   name)
         for seed in args.seeds:
             config = dataclasses.replace(CONFIGS[name], seed=seed)
             if name == "fsdd":
@@ -170,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             "train_clips": len(train_set), "test_clips": len(test_set),
             "seeds": args.seeds,
             "teacher": ("trained per seed" if args.teacher_per_seed else
-                        f"trained once (seed {args.seeds[0]}), shared by every seed"),
+                        f"trained once (seed {args.seeds[0]}), shared by every seed"
+                        + (" (taken from an earlier run of the same configuration)"
+                           if args.reuse_teacher else "")),
             "config": dataclasses.asdict(CONFIGS[name]) | {"seed": "per run"},
             "summary": summary,
             "runs": [{"seed": seed, "rows": run["rows"], "baseline": run["baseline"],
