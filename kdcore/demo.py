@@ -55,8 +55,7 @@ class DemoConfig:
 
 QUICK = DemoConfig(train_clips=1536, test_clips=384, epochs=20, teacher_epochs=15, duration=0.5,
                    mixup_control=False)
-FULL = DemoConfig(train_clips=2048, test_clips=512, epochs=60, teacher_epochs=60,
-                  student_width=32)
+FULL = DemoConfig(train_clips=2048, test_clips=512, epochs=60, teacher_epochs=60)
 
 
 class ConstantTeacher(nn.Module):
