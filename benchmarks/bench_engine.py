@@ -70,7 +70,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import device_slug, merge_results
+from _common import cpu_model, device_slug, merge_results
 from torch.utils.data import DataLoader
 
 import kdcore
@@ -402,7 +402,7 @@ def environment(device: torch.device) -> dict:
             "kdcore": kdcore.__version__, "threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "cpu": _cpu_model()}
+            "cpu": cpu_model()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         try:
@@ -413,15 +413,6 @@ def environment(device: torch.device) -> dict:
             pass
     return info
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def write_results(result: dict, device: torch.device) -> Path:

@@ -31,6 +31,7 @@ import librosa
 import numpy as np
 import pytest
 import torch
+from _common import cpu_model
 
 import kdcore
 
@@ -129,15 +130,6 @@ def _time(fn, batch, repeats: int) -> dict:
             "repeats": repeats}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def main(repeats: int = 60) -> int:
     batch = make_batch()
@@ -169,7 +161,7 @@ def main(repeats: int = 60) -> int:
         "benchmark": "log-mel CPU, 16 clips x 10 s at 16 kHz, float32 input and output",
         "input_shape": list(batch.shape),
         "dtype": "float32",
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "load_average_1_5_15min": list(os.getloadavg()),

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _common import cpu_model
 
 import kdcore
 from kdcore import _backends
@@ -110,15 +111,6 @@ def test_losses_cpu(benchmark, case, provider):
     benchmark.pedantic(step, args=(student, teacher), rounds=rounds, warmup_rounds=1)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def main() -> int:
     """Run the benchmarks through pytest-benchmark and write their medians (ms) and the
@@ -150,7 +142,7 @@ def main() -> int:
         "benchmark": "fused losses on CPU, forward + backward into the student (teacher fixed)",
         "dtype": "float32",
         "temperature": TEMPERATURE,
-        "device": _cpu_model(),
+        "device": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
