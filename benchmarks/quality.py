@@ -78,7 +78,7 @@ def fsdd_data(config: DemoConfig, root: Path):
             f"FSDD, speaker {HELD_OUT_SPEAKER!r} held out")
 
 
-def load_teacher(run_dir: Path, config: DemoConfig, name: str) -> torch.nn.Module:
+def load_teacher(run_dir: Path, config: DemoConfig) -> torch.nn.Module:
     """The teacher that :func:`kdcore.demo.compare` trained into ``run_dir`` (the Distiller
     checkpoint of its teacher run); a checkpoint of another shape or schedule is refused."""
     from kdcore.models import create
@@ -90,7 +90,7 @@ def load_teacher(run_dir: Path, config: DemoConfig, name: str) -> torch.nn.Modul
     if state["epoch"] != config.teacher_epochs:
         raise SystemExit(f"--reuse-teacher: {path} has {state['epoch']} epochs, the "
                          f"configuration {config.teacher_epochs}")
-    classes = 16 if name == "synthetic" else 10
+    classes = state["student"]["classifier.weight"].shape[0]
     teacher = create("teacher_cnn", classes, n_mels=config.n_mels, width=config.teacher_width)
     teacher.load_state_dict(state["student"])  # the teacher was the run's trained model
     return teacher.eval()
@@ -171,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         runs, teacher = [], None
         started = time.perf_counter()
         if args.reuse_teacher:
-            teacher = load_teacher(work / name / f"seed{args.seeds[0]}", CONFIGS[name],
-                                   name)
+            teacher = load_teacher(work / name / f"seed{args.seeds[0]}", CONFIGS[name])
         for seed in args.seeds:
             config = dataclasses.replace(CONFIGS[name], seed=seed)
             if name == "fsdd":
