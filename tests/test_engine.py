@@ -517,3 +517,45 @@ def test_compile_true_matches_eager_training_through_hooks_and_fused_ops():
     assert isinstance(distiller._train_call, torch._dynamo.eval_frame.OptimizedModule)
     for name, value in states[False].items():
         torch.testing.assert_close(states[True][name], value, rtol=1e-3, atol=1e-4)
+
+
+def test_block_taps_of_zoo_models_are_channel_first_and_projected():
+    """Tapping whole conv blocks (nn.Sequential ending in BN/ReLU/pool) projects channels, and
+    the feature loss on them matches a float64 MSE of the 1x1-projected student block."""
+    from kdcore.engine.hooks import is_channel_first
+    from kdcore.models import create
+
+    torch.manual_seed(0)
+    teacher = create("teacher_cnn", 5, n_mels=16, width=4).eval()
+    student = create("student_dscnn", 5, n_mels=16, width=4)
+    assert is_channel_first(student.blocks[3]) and is_channel_first(teacher.blocks[3])
+    assert not is_channel_first(student) and not is_channel_first(nn.ReLU())
+    assert not is_channel_first(nn.Sequential(nn.Linear(4, 4), nn.GELU()))
+
+    features = torch.randn(6, 16, 33)
+    labels = torch.randint(0, 5, (6,))
+    distiller = Distiller(teacher, student, feature_pairs=[("blocks.3", "blocks.3")],
+                          feature_weight=1.0, alpha=1.0, **QUIET)
+    distiller.evaluate([(features, labels)])  # builds the projector on the first batch
+    projector = distiller.bundle.projectors[0]
+    assert tuple(projector.weight.shape) == (32, 16)  # channels 4*4 -> 8*4
+
+    captured = {}
+    hooks = [model.blocks[3].register_forward_hook(
+        lambda module, inputs, output, key=key: captured.__setitem__(key, output))
+        for key, model in (("student", student), ("teacher", teacher))]
+    student.eval()
+    with torch.no_grad():
+        student(features)
+        teacher(features)
+    for hook in hooks:
+        hook.remove()
+    student_map = captured["student"].double()  # (B, 16, F', T')
+    teacher_map = captured["teacher"].double()  # (B, 32, F', T')
+    assert student_map.shape[2:] == teacher_map.shape[2:]
+    projected = (torch.einsum("bcft,dc->bdft", student_map, projector.weight.double())
+                 + projector.bias.double()[None, :, None, None])
+    expected = ((projected - teacher_map) ** 2).mean().item()
+    measured = distiller.evaluate([(features, labels)])
+    # alpha=1: the objective is the KD term plus feature_weight (1) times the feature MSE.
+    assert measured["loss"] - measured["kd_loss"] == pytest.approx(expected, rel=1e-4)

@@ -116,7 +116,8 @@ class Distiller:
         task: ``"multiclass"``, ``"multilabel"`` or ``"frame"`` (per-frame classes with a
             (B, T) ``mask`` or ``lengths``).
         feature_pairs: ``[(student_module_path, teacher_module_path), ...]``; outputs are
-            captured by forward hooks (channels of conv/batch-norm/pool outputs moved last),
+            captured by forward hooks (channels of conv/batch-norm/pool outputs, and of
+            blocks ending in one, moved last),
             a learnable linear projector (a 1x1 convolution on channel-first maps) maps the
             student width to the teacher's where they differ, and
             ``feature_weight * feature_loss(kind=feature_kind)`` joins the loss.

@@ -9,6 +9,20 @@ from torch.nn.modules.conv import _ConvNd
 
 CHANNEL_FIRST_MODULES = (_ConvNd, _BatchNorm, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
                          nn.AvgPool2d)
+CHANNEL_LAST_MODULES = (nn.Linear, nn.LayerNorm, nn.MultiheadAttention, nn.Embedding,
+                        nn.TransformerEncoderLayer, nn.GRU, nn.LSTM, nn.RNN)
+
+
+def is_channel_first(module: nn.Module) -> bool:
+    """Whether ``module``'s output is channel-first (B, C, ...): true for a conv, batch-norm
+    or pool layer, and for a container (e.g. an ``nn.Sequential`` block) whose last such
+    layout-defining layer is one; elementwise layers (ReLU, dropout, ...) do not count."""
+    for layer in reversed(list(module.modules())):
+        if isinstance(layer, CHANNEL_FIRST_MODULES):
+            return True
+        if isinstance(layer, CHANNEL_LAST_MODULES):
+            return False
+    return False
 
 
 def resolve_module(model: nn.Module, path: str, role: str) -> nn.Module:
@@ -42,7 +56,7 @@ class FeatureTap:
 
     def __init__(self, module: nn.Module, path: str) -> None:
         self.path = path
-        self.channel_first = isinstance(module, CHANNEL_FIRST_MODULES)
+        self.channel_first = is_channel_first(module)
         self.value: torch.Tensor | None = None
         self.handle = module.register_forward_hook(self._hook)
 
