@@ -12,6 +12,7 @@ KD closes (mean gain over mean gap). Targets: gain >= 2 points and gap closed >=
 
     python benchmarks/quality.py                       # both datasets, seeds 0 1 2
     python benchmarks/quality.py --datasets fsdd --seeds 0 --out /tmp/quality.json
+    python benchmarks/quality.py --set student_width=32 teacher_epochs=20  # a variant
 
 FSDD is read from ``../shared/data/fsdd`` (or ``--fsdd DIR``) and skipped when absent.
 Writes ``benchmarks/results/quality.json`` (merged per dataset) and the per-run reports under
@@ -96,6 +97,30 @@ def load_teacher(run_dir: Path, config: DemoConfig) -> torch.nn.Module:
     return teacher.eval()
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["student_width=32", ...]`` as :class:`DemoConfig` field overrides, each cast to the
+    field's type; unknown fields and bad values exit with an error naming ``--set``."""
+    fields = {field.name: type(getattr(FULL, field.name))
+              for field in dataclasses.fields(DemoConfig) if field.name != "seed"}
+    overrides = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or key not in fields:
+            raise SystemExit(f"--set: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(sorted(fields))}; got {pair!r}")
+        cast = fields[key]
+        try:
+            if cast is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                overrides[key] = value.lower() in ("true", "1")
+            else:
+                overrides[key] = cast(value)
+        except ValueError:
+            raise SystemExit(f"--set: {key} takes a {cast.__name__}, got {value!r}") from None
+    return overrides
+
+
 def summarise(runs: list[dict]) -> dict:
     """Mean and sample std over seeds of each model's accuracy/macro-F1 (percent), the paired
     KD gain and the gap closed."""
@@ -157,10 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-teacher", action="store_true",
                         help="take the teacher an earlier run with the same --work and "
                              "configuration trained (its first seed's checkpoint)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override fields of the recipe (kdcore.demo.DemoConfig), e.g. "
+                             "student_width=32 teacher_epochs=20; the results are stored "
+                             "under '<dataset>_<field><value>...' instead of '<dataset>'")
     parser.add_argument("--teacher-per-seed", action="store_true",
                         help="train a teacher for every seed (default: the first seed's "
                              "teacher serves every seed; the seeds vary the students)")
     args = parser.parse_args(argv)
+    overrides = parse_overrides(args.set)
+    suffix = "".join(f"_{key}{value}" for key, value in overrides.items())
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="kdcore_quality_"))
@@ -169,11 +200,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping fsdd: no manifest.csv under {args.fsdd}")
             continue
         runs, teacher = [], None
+        recipe = dataclasses.replace(CONFIGS[name], **overrides)
         started = time.perf_counter()
         if args.reuse_teacher:
-            teacher = load_teacher(work / name / f"seed{args.seeds[0]}", CONFIGS[name])
+            teacher = load_teacher(work / name / f"seed{args.seeds[0]}", recipe)
         for seed in args.seeds:
-            config = dataclasses.replace(CONFIGS[name], seed=seed)
+            config = dataclasses.replace(recipe, seed=seed)
             if name == "fsdd":
                 train_set, test_set, classes, described = fsdd_data(config, args.fsdd)
             else:
@@ -186,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 teacher = result["teacher"]
             runs.append(result)
         summary = summarise(runs)
-        print("\n" + format_summary(name, summary), flush=True)
+        print("\n" + format_summary(name + suffix, summary), flush=True)
         payload = {
             "date": datetime.date.today().isoformat(),
             "dataset": described,
@@ -196,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"trained once (seed {args.seeds[0]}), shared by every seed"
                         + (" (taken from an earlier run of the same configuration)"
                            if args.reuse_teacher else "")),
-            "config": dataclasses.asdict(CONFIGS[name]) | {"seed": "per run"},
+            "config": dataclasses.asdict(recipe) | {"seed": "per run"},
             "summary": summary,
             "runs": [{"seed": seed, "rows": run["rows"], "baseline": run["baseline"],
                       "kd_gain_points": run["kd_gain_points"], "gap_closed": run["gap_closed"]}
@@ -206,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "torch_threads": torch.get_num_threads(),
                                             "device": "cpu"},
         }
-        merge_results(args.out, name, payload)
+        merge_results(args.out, name + suffix, payload)
     print(f"\nwrote {args.out}")
     return 0
 

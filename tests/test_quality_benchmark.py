@@ -1,0 +1,54 @@
+"""``benchmarks/quality.py``: recipe overrides and the seed summary (hand-computed cases)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"
+_SPEC = importlib.util.spec_from_file_location("kdcore_quality_benchmark", _PATH)
+quality = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(quality)
+
+
+def test_overrides_are_cast_to_the_recipe_field_types():
+    overrides = quality.parse_overrides(["student_width=32", "temperature=4",
+                                         "mixup_control=false", "teacher_epochs=20"])
+    assert overrides == {"student_width": 32, "temperature": 4.0, "mixup_control": False,
+                         "teacher_epochs": 20}
+    assert type(overrides["temperature"]) is float
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("width=32", "FIELD=VALUE"),
+    ("student_width", "FIELD=VALUE"),
+    ("seed=3", "FIELD=VALUE"),
+    ("student_width=wide", "student_width takes a int"),
+    ("mixup_control=maybe", "mixup_control takes a bool"),
+])
+def test_bad_overrides_exit_naming_the_option(pair, message):
+    with pytest.raises(SystemExit, match="--set") as raised:
+        quality.parse_overrides([pair])
+    assert message in str(raised.value)
+
+
+def _run(teacher: float, alone: float, kd: float) -> dict:
+    rows = [{"model": "teacher", "accuracy": teacher, "macro_f1": teacher},
+            {"model": "student alone", "accuracy": alone, "macro_f1": alone},
+            {"model": "student + KD", "accuracy": kd, "macro_f1": kd}]
+    for row in rows:
+        row |= {"parameters": 1, "macs": 1}
+    return {"rows": rows, "baseline": "student alone", "kd_gain_points": 100 * (kd - alone)}
+
+
+def test_summary_by_hand():
+    runs = [_run(0.98, 0.92, 0.95), _run(0.98, 0.94, 0.95), _run(0.98, 0.93, 0.96)]
+    summary = quality.summarise(runs)
+    assert summary["student alone"]["accuracy"]["mean"] == pytest.approx(93.0)
+    assert summary["student alone"]["accuracy"]["std"] == pytest.approx(1.0)
+    # gains 3, 1, 3 points; gaps 6, 4, 5 points
+    assert summary["kd_gain_points"]["mean"] == pytest.approx(7 / 3)
+    assert summary["kd_gain_points"]["std"] == pytest.approx((4 / 3) ** 0.5)
+    assert summary["gap_closed"] == pytest.approx((7 / 3) / 5)
+    assert summary["targets_met"] == {"gain_at_least_2_points": True,
+                                      "gap_closed_at_least_half": False}
