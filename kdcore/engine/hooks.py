@@ -9,8 +9,8 @@ from torch.nn.modules.conv import _ConvNd
 
 CHANNEL_FIRST_MODULES = (_ConvNd, _BatchNorm, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
                          nn.AvgPool2d)
-CHANNEL_LAST_MODULES = (nn.Linear, nn.LayerNorm, nn.MultiheadAttention, nn.Embedding,
-                        nn.TransformerEncoderLayer, nn.GRU, nn.LSTM, nn.RNN)
+# Attention and transformer layers end in a Linear (or LayerNorm) child, which decides them.
+CHANNEL_LAST_MODULES = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.GRU, nn.LSTM, nn.RNN)
 
 
 def is_channel_first(module: nn.Module) -> bool:
