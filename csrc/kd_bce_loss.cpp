@@ -70,7 +70,8 @@ void kd_bce_loss_rows(const at::Tensor& student, const at::Tensor& teacher,
   const acc_t temperature = static_cast<acc_t>(temperature_value);
   const acc_t inv_t = acc_t(1) / temperature;
   const acc_t kd_weight = kHasLabels ? static_cast<acc_t>(alpha_value) : acc_t(1);
-  const acc_t hard_weight = acc_t(1) - kd_weight;
+  // 1 - alpha in double: in float it loses most digits when alpha is near 1.
+  const acc_t hard_weight = kHasLabels ? static_cast<acc_t>(1.0 - alpha_value) : acc_t(0);
   const acc_t loss_coef = kd_weight * temperature * temperature;
   const acc_t grad_scale = static_cast<acc_t>(grad_scale_value);
   const acc_t kd_grad_coef = grad_scale * kd_weight * temperature;

@@ -112,7 +112,8 @@ void kd_loss_row(const scalar_t* __restrict student_row, const scalar_t* __restr
   const acc_t temperature = static_cast<acc_t>(options.temperature);
   const acc_t inv_t = acc_t(1) / temperature;
   const acc_t kd_weight = options.has_labels ? static_cast<acc_t>(options.alpha) : acc_t(1);
-  const acc_t ce_weight = options.has_labels ? acc_t(1) - kd_weight : acc_t(0);
+  // 1 - alpha (and 1 - beta below) in double: in float they lose most digits near 1.
+  const acc_t ce_weight = options.has_labels ? static_cast<acc_t>(1.0 - options.alpha) : acc_t(0);
   const acc_t grad_scale = static_cast<acc_t>(options.grad_scale);
 
   // Sweep 1: the only read of the inputs (plus the label's logit below).
@@ -264,8 +265,10 @@ void kd_loss_row(const scalar_t* __restrict student_row, const scalar_t* __restr
     // At beta = 0 or 1 the divergence is identically 0. Classes where both probabilities are
     // 0 give NaN L; their terms are guarded by p > 0.
     const acc_t beta = static_cast<acc_t>(options.beta);
-    if (beta > 0 && beta < 1) {
-      const acc_t log_weight_ratio = std::log1p(-beta) - std::log(beta);
+    const acc_t one_minus_beta = static_cast<acc_t>(1.0 - options.beta);
+    if (options.beta > 0 && options.beta < 1) {
+      const acc_t log_weight_ratio =
+          static_cast<acc_t>(std::log1p(-options.beta) - std::log(options.beta));
       // -log beta = softplus(log_weight_ratio), -log(1-beta) = softplus(-log_weight_ratio),
       // evaluated exactly as the per-class terms so equal distributions give exactly 0.
       const SoftplusPair<acc_t> at_equal(log_weight_ratio);
@@ -301,7 +304,7 @@ void kd_loss_row(const scalar_t* __restrict student_row, const scalar_t* __restr
         const bool close = (log_ratio < acc_t(0.5)) & (log_ratio > acc_t(-0.5));
         const acc_t grow = expm1_small(log_ratio);
         const acc_t shrink = expm1_small(-log_ratio);
-        const acc_t close_t = -log1p_small((1 - beta) * grow);
+        const acc_t close_t = -log1p_small(one_minus_beta * grow);
         const acc_t close_s = -log1p_small(beta * shrink);
         const acc_t divergence_t = p_t * (close ? close_t : neg_log_beta - softplus_pos);
         const acc_t divergence_s = p_s * (close ? close_s : neg_log_one_minus_beta - softplus_neg);
@@ -311,11 +314,11 @@ void kd_loss_row(const scalar_t* __restrict student_row, const scalar_t* __restr
         raw_t[c] = softplus_pos;
         raw_s[c] = softplus_neg;
       }
-      distill = beta * kl_t + (1 - beta) * kl_s;
+      distill = beta * kl_t + one_minus_beta * kl_s;
       // d/ds_k = -T (1-beta) p_s,k (B_k - sum p_s B); for a unique top class
       // B_k - sum p_s B = (1 - p_k) B_k - sum_rest p_s B. Teacher alike with beta and A.
       if constexpr (kStudentGrad) {
-        const acc_t coef = -kd_coef * (1 - beta);
+        const acc_t coef = -kd_coef * one_minus_beta;
 #pragma omp simd
         for (int64_t c = 0; c < classes; ++c) {
           const acc_t p_s = exp_s[c] * norm_s.inv_sum;

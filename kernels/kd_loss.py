@@ -130,7 +130,9 @@ def _kd_loss_kernel(
     beta = (zero + beta_hi) + beta_lo
     kd_weight = (zero + kd_weight_hi) + kd_weight_lo
     ce_weight = (zero + ce_weight_hi) + ce_weight_lo
-    one_minus_beta = 1.0 - beta
+    # From the parts: 1 - beta_hi is exact for beta_hi in [0.5, 1], so 1 - beta keeps its
+    # digits when beta is near 1 (fp32 1 - beta would keep about 7 - log10(1/(1-beta))).
+    one_minus_beta = ((zero + 1.0) - beta_hi) - beta_lo
     log_beta = tl.where(beta > 0, tl.log(beta), NEG_INF)
     log_rest = tl.where(one_minus_beta > 0, tl.log(one_minus_beta), NEG_INF)
 

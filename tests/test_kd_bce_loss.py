@@ -182,3 +182,14 @@ def test_module_wrapper():
     torch.testing.assert_close(module(student, teacher, labels),
                                kdcore.kd_bce_loss(student, teacher, temperature=2.0,
                                                   labels=labels, alpha=0.5))
+
+
+def test_cpp_alpha_near_1_keeps_the_label_weight():
+    """1 - alpha near 0 must not be formed in fp32. With teacher = student the KD gradient is
+    0, so the student gradient is (1 - alpha) times the BCE gradient alone."""
+    require_backend("cpp")
+    generator = torch.Generator().manual_seed(0)
+    student = (torch.randn(4, 5, generator=generator) * 4).requires_grad_()
+    teacher = student.detach().clone()
+    labels = (torch.rand(4, 5, generator=generator) > 0.5).float()
+    check_bce("cpp", student, teacher, reduction="sum", alpha=0.99999, labels=labels)

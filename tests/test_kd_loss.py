@@ -370,3 +370,30 @@ def test_value_checks_off_gives_nan_row_not_out_of_bounds_read(backend):
     assert rows[1].isnan() and rows[[0, 2]].isfinite().all()
     with pytest.raises(ValueError, match="labels"):
         kdcore.kd_loss(torch.randn(3, 5), torch.randn(3, 5), labels=labels, alpha=0.5)
+
+
+@pytest.mark.parametrize("beta", [0.99999, 1e-5])
+def test_cpp_jsd_beta_near_0_and_1_keeps_its_digits(beta):
+    """1 - beta near 0 must not be formed in fp32 (hypothesis found a 1.4e-3 relative
+    student-gradient error at beta = 0.99999 before it was taken in double)."""
+    require_backend("cpp")
+    generator = torch.Generator().manual_seed(0)
+    student = (torch.randn(3, 7, generator=generator) * 0.1).requires_grad_()
+    teacher = (torch.randn(3, 7, generator=generator) * 0.1).requires_grad_()
+    check_kd("cpp", student, teacher, reduction="sum", grad_output=torch.tensor(1.3),
+             kind="jsd", beta=beta, labels=torch.tensor([1, 4, 6]), alpha=1.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cpp_alpha_near_1_keeps_the_label_weight(kind):
+    """With teacher = student every divergence is exactly 0, so the loss is (1 - alpha) * CE;
+    1 - alpha in fp32 would be off by ~6e-3 at alpha = 0.99999."""
+    require_backend("cpp")
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(3, 7, generator=generator)
+    labels = torch.tensor([1, 4, 6])
+    loss = kdcore.kd_loss(student, student.clone(), kind=kind, alpha=0.99999, labels=labels,
+                          backend="cpp", reduction="sum")
+    log_probs = torch.log_softmax(student.double(), dim=-1)
+    expected = (1 - 0.99999) * -log_probs[torch.arange(3), labels].sum().item()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
