@@ -727,8 +727,7 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
                         help="no gain/shift/SpecAugment during training")
     parser.add_argument("--mixup", type=float, default=0.0, metavar="A",
                         help="mixup with lam ~ Beta(A, A) on the training waveforms, labels "
-                             "and teacher targets mixed alike (0 = off; the demo's KD recipe "
-                             "uses 0.3)")
+                             "and teacher targets mixed alike (0 = off)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoints/last.pt")
 
