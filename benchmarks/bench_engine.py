@@ -16,7 +16,8 @@ teacher sees exactly the view the online one would). Only the data order differs
 Distiller shuffles with its own seeded sampler.
 
 Models: ``kdcore.models.create("teacher_cnn")`` / ``create("student_dscnn")``; data:
-``kdcore.data.SyntheticAudio`` (16 classes: timbre x pitch contour x rhythm, deterministic).
+``kdcore.data.SyntheticAudio`` (deterministic; ``results/cpu-engine.json`` was measured on its
+first, 16-class version, before the vowel cue replaced timbre: docs/synthetic.md).
 The teacher is trained once per run with plain cross-entropy (same frontend, one-cycle LR)
 and its weights are kept in a temporary directory (``--teacher-cache DIR`` keeps them across
 runs, keyed by the configuration).

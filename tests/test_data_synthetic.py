@@ -14,7 +14,7 @@ from kdcore.data.augment import (
     random_shift,
     spec_augment,
 )
-from kdcore.data.synthetic import CLASS_NAMES
+from kdcore.data.synthetic import CLASS_NAMES, VOWELS, synthesize
 
 
 def test_synthetic_is_deterministic_by_seed_and_split():
@@ -23,7 +23,7 @@ def test_synthetic_is_deterministic_by_seed_and_split():
     for index in (13, 0, 5, 13):  # access order must not matter
         a, b = first[index], again[index]
         assert a.waveform.dtype == torch.float32 and a.waveform.shape == (4000,)
-        assert torch.equal(a.waveform, b.waveform) and a.label == b.label == index % 16
+        assert torch.equal(a.waveform, b.waveform) and a.label == b.label == index % 32
         assert a.index == index
     other_seed = SyntheticAudio(20, seed=8, sample_rate=8000, duration=0.5)
     other_split = SyntheticAudio(20, seed=7, split="test", sample_rate=8000, duration=0.5)
@@ -33,11 +33,11 @@ def test_synthetic_is_deterministic_by_seed_and_split():
 
 
 def test_synthetic_clips_are_sane_and_balanced():
-    data = SyntheticAudio(32, seed=1, sample_rate=16000, duration=1.0)
-    assert data.num_classes == len(CLASS_NAMES) == 16 and len(data) == 32
-    assert np.bincount(data.labels).tolist() == [2] * 16
-    batch = collate_audio([data[i] for i in range(32)])
-    assert batch.waveforms.shape == (32, 16000)
+    data = SyntheticAudio(64, seed=1, sample_rate=16000, duration=1.0)
+    assert data.num_classes == len(CLASS_NAMES) == 32 and len(data) == 64
+    assert np.bincount(data.labels).tolist() == [2] * 32
+    batch = collate_audio([data[i] for i in range(64)])
+    assert batch.waveforms.shape == (64, 16000)
     peaks = batch.waveforms.abs().amax(dim=1)
     assert torch.all(peaks <= 1.0) and torch.all(peaks > 0.05)
     assert torch.isfinite(batch.waveforms).all()
@@ -47,33 +47,52 @@ def test_synthetic_clips_are_sane_and_balanced():
         SyntheticAudio(0)
 
 
-def _spectral_peak_track(wave: np.ndarray, rate: int) -> np.ndarray:
-    """Frequency of the strongest bin below 1.2 kHz per 64 ms frame with energy."""
-    frame, hop = 1024, 512
-    window = np.hanning(frame)
-    freqs = np.fft.rfftfreq(frame, 1 / rate)
-    band = freqs < 1200
-    peaks, energies = [], []
+def _pitch_track(wave: np.ndarray, rate: int) -> np.ndarray:
+    """Autocorrelation pitch (Hz, searched in 70-500 Hz) per 128 ms frame with energy."""
+    frame, hop = 2048, 1024
+    level = np.sqrt(np.mean(wave**2))
+    shortest, longest = rate // 500, rate // 70
+    track = []
     for start in range(0, wave.size - frame, hop):
-        spectrum = np.abs(np.fft.rfft(wave[start:start + frame] * window))[band]
-        peaks.append(freqs[band][np.argmax(spectrum)])
-        energies.append(spectrum.max())
-    energies = np.asarray(energies)
-    return np.asarray(peaks)[energies > 0.3 * energies.max()]
+        chunk = wave[start:start + frame]
+        if np.sqrt(np.mean(chunk**2)) < 0.3 * level:
+            continue
+        correlation = np.correlate(chunk, chunk, "full")[frame - 1:]
+        track.append(rate / (shortest + np.argmax(correlation[shortest:longest])))
+    return np.asarray(track)
 
 
-def test_synthetic_rising_and_falling_contours_move_pitch():
-    from kdcore.data.synthetic import synthesize
-
-    moves = {"rise": [], "fall": []}
+def test_synthetic_pitch_contours_move_pitch_as_named():
+    moves = {"rise": [], "fall": [], "flat": []}
     for contour in moves:
-        label = CLASS_NAMES.index(f"full-{contour}-steady")
+        label = CLASS_NAMES.index(f"a-{contour}-steady")
         for seed in range(6):
             clip = synthesize(np.random.default_rng(seed), label, 16000, 16000,
                               snr_db=(30.0, 30.0))
-            track = _spectral_peak_track(clip, 16000)
+            track = _pitch_track(clip, 16000)
             moves[contour].append(np.log2(track[-2:].mean() / track[:2].mean()))
+    # Medians: the autocorrelation estimate can slip an octave on a single clip.
     assert np.median(moves["rise"]) > 0.15 and np.median(moves["fall"]) < -0.15
+    assert abs(np.median(moves["flat"])) < 0.05
+
+
+def test_synthetic_vowels_put_formants_where_named():
+    rate = 16000
+    freqs = np.fft.rfftfreq(rate, 1 / rate)
+    low, mid = (freqs > 200) & (freqs < 1000), (freqs > 1000) & (freqs < 2200)
+    for vowel, (first_formant, *_) in VOWELS.items():
+        label = CLASS_NAMES.index(f"{vowel}-flat-steady")
+        power = np.zeros(freqs.size)
+        for seed in range(8):  # pitch and tract length vary per clip: the mean is smooth
+            clip = synthesize(np.random.default_rng(seed), label, rate, rate,
+                              snr_db=(30.0, 30.0))
+            power += np.abs(np.fft.rfft(clip)) ** 2 / np.sum(clip**2)
+        envelope = np.convolve(power, np.ones(101) / 101, "same")  # 100 Hz smoothing
+        f1 = freqs[low][np.argmax(envelope[low])]
+        assert abs(f1 / first_formant - 1) < 0.2, (vowel, f1)
+        f2 = freqs[mid][np.argmax(envelope[mid])]
+        # Only "e" has its second formant high (1840 Hz); the others near 0.8-1.1 kHz.
+        assert (f2 > 1600) if vowel == "e" else (f2 < 1300), (vowel, f2)
 
 
 def test_gain_and_shift_match_numpy():

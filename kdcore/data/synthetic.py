@@ -1,11 +1,11 @@
 """``SyntheticAudio``: a procedurally generated, seeded audio classification set (no download).
 
-Each class is a combination of three cues: timbre (odd harmonics only, or every harmonic),
-pitch contour (flat, rising, falling, vibrato) and rhythm (one steady note, or 3-4 short
-pulses): 2 x 4 x 2 = 16 classes. Everything else is a nuisance drawn per clip: base pitch over
-two octaves, contour depth and rate, spectral tilt, a breathy noise band, onset (shift),
-background colour noise, mains hum, a quieter distractor note, SNR and gain. See
-``docs/synthetic.md``.
+Each class is a combination of three cues: vowel (the formant envelope of a harmonic voice:
+a, e, o, u), pitch contour (flat, rising, falling, vibrato) and rhythm (one steady note, or
+3-4 short pulses): 4 x 4 x 2 = 32 classes. Everything else is a nuisance drawn per clip: base
+pitch, vocal-tract length (every formant scaled together), formant jitter and bandwidths,
+contour depth and rate, spectral tilt, a breathy noise band, onset (shift), background colour
+noise, mains hum, a quieter distractor note, SNR and gain. See ``docs/synthetic.md``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,17 @@ from torch.utils.data import Dataset
 
 from kdcore.data.audio import AudioExample
 
-TIMBRES = ("odd", "full")
+# Formant centres F1, F2, F3 (Hz) of an adult voice. "a"/"o" and "o"/"u" differ by less than
+# the vocal-tract-length scaling, so no single formant separates them: F1 and F2 together do.
+VOWELS = {
+    "a": (730.0, 1090.0, 2440.0),
+    "e": (530.0, 1840.0, 2480.0),
+    "o": (570.0, 840.0, 2410.0),
+    "u": (300.0, 870.0, 2240.0),
+}
+TIMBRES = tuple(VOWELS)
+F0_RANGE = (100.0, 250.0)  # Hz: low enough that the harmonics sample the formant envelope
+TRACT_SCALE = 0.08  # vocal-tract length: every formant times one factor in 1 +- 0.08
 CONTOURS = ("flat", "rise", "fall", "vibrato")
 RHYTHMS = ("steady", "pulsed")
 CLASS_NAMES = tuple(f"{t}-{c}-{r}" for t in TIMBRES for c in CONTOURS for r in RHYTHMS)
@@ -67,20 +77,25 @@ def _pitch_track(rng: np.random.Generator, contour: str, f0: float, n: int, sr: 
     return f0 * (1.0 + depth * np.sin(2 * np.pi * rate * seconds + rng.uniform(0, 2 * np.pi)))
 
 
-def _harmonic_tone(rng: np.random.Generator, timbre: str, track: np.ndarray, sr: int) -> np.ndarray:
-    """Sum of harmonics of the pitch track, alias-free (harmonics kept below 0.45*sr)."""
+def _voice(rng: np.random.Generator, vowel: str, track: np.ndarray, sr: int) -> np.ndarray:
+    """Harmonics of the pitch track shaped by the vowel's formant envelope, alias-free
+    (harmonics kept below 0.45*sr). Each harmonic's level follows the envelope at its own
+    instantaneous frequency, so gliding pitch moves harmonics through the formants."""
     phase = 2 * np.pi * np.cumsum(track) / sr + rng.uniform(0, 2 * np.pi)
-    tilt = rng.uniform(0.6, 1.4)
+    tilt = rng.uniform(0.3, 0.9)
     top = max(int(0.45 * sr / track.max()), 1)
+    centres = (np.asarray(VOWELS[vowel]) * rng.uniform(1 - TRACT_SCALE, 1 + TRACT_SCALE)
+               * rng.uniform(0.97, 1.03, 3))
+    half_widths = np.array([rng.uniform(50, 90), rng.uniform(70, 120), rng.uniform(100, 180)])
+    peaks = np.array([1.0, rng.uniform(0.4, 0.8), rng.uniform(0.15, 0.4)])
     # sin(k*phase) by the recurrence s_k = 2cos(phase) s_(k-1) - s_(k-2): no sin per harmonic.
     twice_cos = 2.0 * np.cos(phase)
     previous, current = np.zeros_like(phase), np.sin(phase)
     tone = np.zeros_like(phase)
     for k in range(1, top + 1):
-        level = k ** (-tilt) * rng.uniform(0.7, 1.3)
-        if timbre == "odd" and k % 2 == 0:
-            level *= rng.uniform(0.0, 0.12)  # even harmonics leak in at -18 dB or less
-        tone += level * current
+        offsets = (k * track[:, None] - centres) / half_widths
+        envelope = 0.03 + (peaks / (1.0 + offsets**2)).sum(axis=1)  # resonances + floor
+        tone += k ** (-tilt) * rng.uniform(0.85, 1.15) * envelope * current
         previous, current = current, twice_cos * current - previous
     return tone
 
@@ -106,11 +121,11 @@ def _gate(rng: np.random.Generator, rhythm: str, n: int, sr: int) -> np.ndarray:
     return gate
 
 
-def _event(rng: np.random.Generator, timbre: str, contour: str, rhythm: str, n: int,
+def _event(rng: np.random.Generator, vowel: str, contour: str, rhythm: str, n: int,
            sr: int) -> np.ndarray:
-    f0 = float(np.exp(rng.uniform(np.log(140.0), np.log(560.0))))
+    f0 = float(np.exp(rng.uniform(np.log(F0_RANGE[0]), np.log(F0_RANGE[1]))))
     track = _pitch_track(rng, contour, f0, n, sr)
-    voice = _harmonic_tone(rng, timbre, track, sr)
+    voice = _voice(rng, vowel, track, sr)
     voice /= np.sqrt(np.mean(voice**2)) + 1e-12
     centre = rng.uniform(700.0, min(3200.0, 0.4 * sr))
     width = rng.uniform(150.0, 700.0)
@@ -122,9 +137,9 @@ def _event(rng: np.random.Generator, timbre: str, contour: str, rhythm: str, n: 
 def synthesize(rng: np.random.Generator, label: int, num_samples: int, sample_rate: int,
                snr_db: tuple[float, float] = (-6.0, 12.0)) -> np.ndarray:
     """One clip of class ``label`` as float64 (num_samples,), peak at most 1."""
-    timbre, contour, rhythm = CLASS_NAMES[label].split("-")
+    vowel, contour, rhythm = CLASS_NAMES[label].split("-")
     n, sr = num_samples, sample_rate
-    foreground = _event(rng, timbre, contour, rhythm, n, sr)
+    foreground = _event(rng, vowel, contour, rhythm, n, sr)
     fg_power = np.mean(foreground**2) + 1e-12
 
     background = _colour_noise(rng, n, rng.uniform(0.0, 2.0))
@@ -135,7 +150,7 @@ def synthesize(rng: np.random.Generator, label: int, num_samples: int, sample_ra
         background += 10 ** (rng.uniform(-12.0, 0.0) / 20) * hum / np.sqrt(np.mean(hum**2))
     background *= np.sqrt(fg_power / np.mean(background**2))
     if rng.random() < 0.5:
-        other = _event(rng, TIMBRES[rng.integers(2)], CONTOURS[rng.integers(4)],
+        other = _event(rng, TIMBRES[rng.integers(len(TIMBRES))], CONTOURS[rng.integers(4)],
                        RHYTHMS[rng.integers(2)], n, sr)
         distractor_level = 10 ** (rng.uniform(-18.0, -8.0) / 20)
         background += distractor_level * other * np.sqrt(fg_power / (np.mean(other**2) + 1e-12))
@@ -146,12 +161,12 @@ def synthesize(rng: np.random.Generator, label: int, num_samples: int, sample_ra
 
 
 class SyntheticAudio(Dataset):
-    """Seeded procedural audio classification set with 16 classes (``CLASS_NAMES``).
+    """Seeded procedural audio classification set with 32 classes (``CLASS_NAMES``).
 
     Yields :class:`AudioExample` ``(waveform float32 (T,), label int, index int)`` with
     ``T = round(duration * sample_rate)``. Item ``i`` depends only on ``(seed, split, i)``, so
     the same arguments give identical arrays in any access order, and the splits never share a
-    clip. Labels cycle through the classes (``label = i % 16``), so every split is balanced.
+    clip. Labels cycle through the classes (``label = i % 32``), so every split is balanced.
 
     Args:
         num_examples: clips in this split.
