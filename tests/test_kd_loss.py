@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import kdcore
@@ -63,7 +63,14 @@ def check_kd(backend, student, teacher, *, reduction="batchmean", grad_output=No
     assert_close("loss", loss, expected, rtol, atol * max(1.0, np.abs(expected).max()))
     assert_grad_close("student grad", student.grad, exp_gs.reshape(student.shape), dtype)
     if teacher.requires_grad:
-        assert_grad_close("teacher grad", teacher.grad, exp_gt.reshape(teacher.shape), dtype)
+        # For a near one-hot teacher the float64 reference's teacher gradient is a difference
+        # of terms of size ~|logits|/T and carries ~1e-13 of them as rounding error (seen:
+        # reference 2.5e-12 where 50-digit mpmath and the C++ kernel give 3.891e-12).
+        logits = np.concatenate([to64(student).ravel(), to64(teacher).ravel()])
+        logit_size = max(float(np.abs(logits[np.isfinite(logits)]).max(initial=0.0)), 1.0)
+        floor = 1e-13 * logit_size * float(np.abs(go).max())
+        assert_grad_close("teacher grad", teacher.grad, exp_gt.reshape(teacher.shape), dtype,
+                          floor=floor)
     return loss
 
 
@@ -222,6 +229,10 @@ def test_triton_retain_graph_is_refused_cpp_allowed():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Near one-hot teacher at T = 0.25: the float64 reference's teacher gradient is off by ~36 %
+# in its 1e-12 entries here (C++ matches a 50-digit mpmath value to 1e-5): see check_kd.
+@example(rows=2, classes=149, temperature=0.25, kind="kl", alpha=0.0, beta=0.0,
+         use_labels=False, use_mask=False, reduction="batchmean", scale=30.0, seed=299)
 @given(rows=st.integers(1, 9), classes=st.integers(1, 300),
        temperature=st.floats(0.25, 8.0), kind=st.sampled_from(KINDS),
        alpha=st.floats(0.0, 1.0), beta=st.floats(0.0, 1.0), use_labels=st.booleans(),
