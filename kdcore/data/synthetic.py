@@ -24,12 +24,11 @@ VOWELS = {
     "o": (570.0, 840.0, 2410.0),
     "u": (300.0, 870.0, 2240.0),
 }
-TIMBRES = tuple(VOWELS)
 F0_RANGE = (100.0, 250.0)  # Hz: low enough that the harmonics sample the formant envelope
 TRACT_SCALE = 0.08  # vocal-tract length: every formant times one factor in 1 +- 0.08
 CONTOURS = ("flat", "rise", "fall", "vibrato")
 RHYTHMS = ("steady", "pulsed")
-CLASS_NAMES = tuple(f"{t}-{c}-{r}" for t in TIMBRES for c in CONTOURS for r in RHYTHMS)
+CLASS_NAMES = tuple(f"{v}-{c}-{r}" for v in VOWELS for c in CONTOURS for r in RHYTHMS)
 SPLITS = ("train", "val", "test")
 
 
@@ -150,7 +149,7 @@ def synthesize(rng: np.random.Generator, label: int, num_samples: int, sample_ra
         background += 10 ** (rng.uniform(-12.0, 0.0) / 20) * hum / np.sqrt(np.mean(hum**2))
     background *= np.sqrt(fg_power / np.mean(background**2))
     if rng.random() < 0.5:
-        other = _event(rng, TIMBRES[rng.integers(len(TIMBRES))], CONTOURS[rng.integers(4)],
+        other = _event(rng, tuple(VOWELS)[rng.integers(len(VOWELS))], CONTOURS[rng.integers(4)],
                        RHYTHMS[rng.integers(2)], n, sr)
         distractor_level = 10 ** (rng.uniform(-18.0, -8.0) / 20)
         background += distractor_level * other * np.sqrt(fg_power / (np.mean(other**2) + 1e-12))
@@ -166,7 +165,8 @@ class SyntheticAudio(Dataset):
     Yields :class:`AudioExample` ``(waveform float32 (T,), label int, index int)`` with
     ``T = round(duration * sample_rate)``. Item ``i`` depends only on ``(seed, split, i)``, so
     the same arguments give identical arrays in any access order, and the splits never share a
-    clip. Labels cycle through the classes (``label = i % 32``), so every split is balanced.
+    clip. Labels cycle through the classes (``label = i % 32``), so a split whose size is a
+    multiple of 32 is balanced.
 
     Args:
         num_examples: clips in this split.
