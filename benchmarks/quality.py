@@ -13,6 +13,7 @@ KD closes (mean gain over mean gap). Targets: gain >= 2 points and gap closed >=
     python benchmarks/quality.py                       # both datasets, seeds 0 1 2
     python benchmarks/quality.py --datasets fsdd --seeds 0 --out /tmp/quality.json
     python benchmarks/quality.py --set student_width=32 teacher_epochs=20  # a variant
+    python benchmarks/quality.py --merge s0.json s1.json s2.json  # seeds run side by side
 
 FSDD is read from ``../shared/data/fsdd`` (or ``--fsdd DIR``) and skipped when absent.
 Writes ``benchmarks/results/quality.json`` (merged per dataset) and the per-run reports under
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import statistics
 import sys
@@ -169,6 +171,30 @@ def format_summary(name: str, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def merge_seed_files(files: list[Path], out: Path) -> None:
+    """Merge the entries that separate runs (one or more seeds each, written with ``--out``)
+    stored under the same key into one entry of ``out``: runs concatenated in file order,
+    summary recomputed. Refuses a seed that appears twice or a recipe that differs."""
+    loaded = [json.loads(path.read_text()) for path in files]
+    for key in loaded[0]:
+        payloads = [data[key] for data in loaded if key in data]
+        seeds = [seed for payload in payloads for seed in payload["seeds"]]
+        if len(set(seeds)) != len(seeds):
+            raise SystemExit(f"--merge: {key}: seed repeated across files ({seeds})")
+        if any(payload["config"] != payloads[0]["config"] for payload in payloads):
+            raise SystemExit(f"--merge: {key}: the files hold different recipes")
+        runs = [run for payload in payloads for run in payload["runs"]]
+        merged = payloads[0] | {
+            "seeds": seeds, "runs": runs, "summary": summarise(runs),
+            "seconds": sum(payload["seconds"] for payload in payloads),
+            "merged_from": [f"{len(payload['seeds'])} seed(s) in {payload['seconds']:.0f} s, "
+                            f"teacher {payload['teacher']}" for payload in payloads],
+        }
+        print("\n" + format_summary(key, merged["summary"]), flush=True)
+        merge_results(out, key, merged)
+    print(f"\nwrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", choices=sorted(CONFIGS),
@@ -189,7 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-per-seed", action="store_true",
                         help="train a teacher for every seed (default: the first seed's "
                              "teacher serves every seed; the seeds vary the students)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="FILE",
+                        help="run nothing: merge per-seed result files of separate runs "
+                             "(written with --out) into --out, 'seconds' summed")
     args = parser.parse_args(argv)
+    if args.merge:
+        merge_seed_files(args.merge, args.out)
+        return 0
     overrides = parse_overrides(args.set)
     suffix = "".join(f"_{key}{value}" for key, value in overrides.items())
     if args.threads:

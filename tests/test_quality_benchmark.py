@@ -1,6 +1,7 @@
 """``benchmarks/quality.py``: recipe overrides and the seed summary (hand-computed cases)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,38 @@ def test_summary_by_hand():
     assert summary["gap_closed"] == pytest.approx((7 / 3) / 5)
     assert summary["targets_met"] == {"gain_at_least_2_points": True,
                                       "gap_closed_at_least_half": False}
+
+
+def _seed_file(path, seeds, runs, config=None):
+    payload = {"seeds": seeds, "runs": runs, "seconds": 10.0 * len(seeds),
+               "config": config or {"epochs": 120}, "teacher": "trained once (seed 0)",
+               "summary": quality.summarise(runs)}
+    path.write_text(json.dumps({"synthetic_epochs120": payload}))
+    return path
+
+
+def test_merge_concatenates_seeds_and_recomputes_the_summary(tmp_path):
+    first = _seed_file(tmp_path / "s0.json", [0], [_run(0.98, 0.92, 0.95)])
+    rest = _seed_file(tmp_path / "s12.json", [1, 2],
+                      [_run(0.98, 0.94, 0.95), _run(0.98, 0.93, 0.96)])
+    out = tmp_path / "quality.json"
+    out.write_text(json.dumps({"fsdd": {"kept": True}}))
+    assert quality.main(["--merge", str(first), str(rest), "--out", str(out)]) == 0
+    stored = json.loads(out.read_text())
+    assert stored["fsdd"] == {"kept": True}
+    merged = stored["synthetic_epochs120"]
+    assert merged["seeds"] == [0, 1, 2] and merged["seconds"] == 30.0
+    assert merged["summary"]["kd_gain_points"]["mean"] == pytest.approx(7 / 3)
+    assert merged["summary"]["gap_closed"] == pytest.approx((7 / 3) / 5)
+
+
+def test_merge_refuses_repeated_seeds_and_different_recipes(tmp_path):
+    first = _seed_file(tmp_path / "a.json", [0], [_run(0.98, 0.92, 0.95)])
+    again = _seed_file(tmp_path / "b.json", [0], [_run(0.98, 0.92, 0.95)])
+    other = _seed_file(tmp_path / "c.json", [1], [_run(0.98, 0.92, 0.95)], {"epochs": 60})
+    out = tmp_path / "quality.json"
+    with pytest.raises(SystemExit, match="seed repeated"):
+        quality.main(["--merge", str(first), str(again), "--out", str(out)])
+    with pytest.raises(SystemExit, match="different recipes"):
+        quality.main(["--merge", str(first), str(other), "--out", str(out)])
+    assert not out.exists()
