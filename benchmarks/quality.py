@@ -65,7 +65,8 @@ def synthetic_data(config: DemoConfig):
         for index in range(len(dataset)):
             dataset[index]  # generate once; the cache serves every epoch
     return (train_set, test_set, list(train_set.classes),
-            f"SyntheticAudio ({train_set.num_classes} classes, data seed {DATA_SEED})")
+            f"SyntheticAudio ({train_set.num_classes} classes, {train_set.speakers} speakers "
+            f"per split, test speakers unseen in training, data seed {DATA_SEED})")
 
 
 def fsdd_data(config: DemoConfig, root: Path):

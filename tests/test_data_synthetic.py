@@ -14,7 +14,7 @@ from kdcore.data.augment import (
     random_shift,
     spec_augment,
 )
-from kdcore.data.synthetic import CLASS_NAMES, VOWELS, synthesize
+from kdcore.data.synthetic import CLASS_NAMES, VOWELS, Speaker, synthesize
 
 
 def test_synthetic_is_deterministic_by_seed_and_split():
@@ -45,6 +45,48 @@ def test_synthetic_clips_are_sane_and_balanced():
         SyntheticAudio(4, split="dev")
     with pytest.raises(ValueError, match="num_examples"):
         SyntheticAudio(0)
+    with pytest.raises(ValueError, match="speakers"):
+        SyntheticAudio(4, speakers=0)
+
+
+def test_synthetic_speakers_are_balanced_and_split_disjoint():
+    train = SyntheticAudio(32 * 12, seed=3, sample_rate=8000, duration=0.5, speakers=4)
+    speakers = np.array([train.speaker_of(i) for i in range(len(train))])
+    labels = np.array(train.labels)
+    for speaker in range(4):  # every speaker says every class equally often
+        assert np.bincount(labels[speakers == speaker], minlength=32).tolist() == [3] * 32
+    test = SyntheticAudio(64, split="test", seed=3, sample_rate=8000, duration=0.5, speakers=4)
+    train_tracts = {train._speaker(k).tract for k in range(4)}
+    test_tracts = {test._speaker(k).tract for k in range(4)}
+    assert len(train_tracts) == 4 and not train_tracts & test_tracts
+    assert SyntheticAudio(8, speakers=None).speaker_of(5) is None
+
+
+def test_synthetic_speaker_fixes_the_vowel_formants():
+    rng = np.random.default_rng(0)
+    speaker = Speaker.draw(rng, 16000)
+    for row, (vowel, formants) in enumerate(VOWELS.items()):
+        expected = np.asarray(formants) * speaker.tract * speaker.accent[row]
+        assert np.allclose(speaker.formants(vowel), expected)
+        assert np.all(np.abs(expected / np.asarray(formants) - 1) <= 0.08 + 0.05 + 0.01)
+
+
+def test_synthetic_channel_eq_gain_matches_its_bumps():
+    from kdcore.data.synthetic import _channel
+
+    rate, n = 8000, 8000
+    speaker = Speaker.draw(np.random.default_rng(1), rate)
+    speaker = Speaker(**{**speaker.__dict__, "channel": ((1000.0, 0.5, 6.0),
+                                                          (250.0, 0.3, -4.0))})
+    seconds = np.arange(n) / rate
+    for freq in (250.0, 500.0, 1000.0, 3000.0):
+        tone = np.sin(2 * np.pi * freq * seconds)
+        out = _channel(speaker, tone, rate)
+        gain_db = 20 * np.log10(np.sqrt(np.mean(out**2) / np.mean(tone**2)))
+        octave = np.log2(freq)
+        expected = (6.0 * np.exp(-0.5 * ((octave - np.log2(1000.0)) / 0.5) ** 2)
+                    - 4.0 * np.exp(-0.5 * ((octave - np.log2(250.0)) / 0.3) ** 2))
+        assert abs(gain_db - expected) < 1e-6, (freq, gain_db, expected)
 
 
 def _pitch_track(wave: np.ndarray, rate: int) -> np.ndarray:
