@@ -206,9 +206,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the per-run reports go (default: a temporary directory)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--reuse-teacher", action="store_true",
+    parser.add_argument("--reuse-teacher", nargs="?", const="first", default=None,
+                        metavar="SEED",
                         help="take the teacher an earlier run with the same --work and "
-                             "configuration trained (its first seed's checkpoint)")
+                             "configuration trained: that run's seed SEED (default: the "
+                             "first of --seeds)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="override fields of the recipe (kdcore.demo.DemoConfig), e.g. "
                              "student_width=32 teacher_epochs=20; the results are stored "
@@ -224,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         merge_seed_files(args.merge, args.out)
         return 0
     overrides = parse_overrides(args.set)
+    teacher_seed = args.seeds[0]
+    if args.reuse_teacher not in (None, "first"):
+        try:
+            teacher_seed = int(args.reuse_teacher)
+        except ValueError:
+            raise SystemExit(f"--reuse-teacher takes a seed (int), got "
+                             f"{args.reuse_teacher!r}") from None
     suffix = "".join(f"_{key}{value}" for key, value in overrides.items())
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -235,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         runs, teacher = [], None
         recipe = dataclasses.replace(CONFIGS[name], **overrides)
         started = time.perf_counter()
-        if args.reuse_teacher:
-            teacher = load_teacher(work / name / f"seed{args.seeds[0]}", recipe)
+        if args.reuse_teacher is not None:
+            teacher = load_teacher(work / name / f"seed{teacher_seed}", recipe)
         for seed in args.seeds:
             config = dataclasses.replace(recipe, seed=seed)
             if name == "fsdd":
@@ -258,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             "train_clips": len(train_set), "test_clips": len(test_set),
             "seeds": args.seeds,
             "teacher": ("trained per seed" if args.teacher_per_seed else
-                        f"trained once (seed {args.seeds[0]}), shared by every seed"
+                        f"trained once (seed {teacher_seed}), shared by every seed"
                         + (" (taken from an earlier run of the same configuration)"
-                           if args.reuse_teacher else "")),
+                           if args.reuse_teacher is not None else "")),
             "config": dataclasses.asdict(recipe) | {"seed": "per run"},
             "summary": summary,
             "runs": [{"seed": seed, "rows": run["rows"], "baseline": run["baseline"],

@@ -88,3 +88,11 @@ def test_merge_refuses_repeated_seeds_and_different_recipes(tmp_path):
     with pytest.raises(SystemExit, match="different recipes"):
         quality.main(["--merge", str(first), str(other), "--out", str(out)])
     assert not out.exists()
+
+
+def test_reuse_teacher_takes_a_seed(tmp_path):
+    with pytest.raises(SystemExit, match="--reuse-teacher takes a seed"):
+        quality.main(["--reuse-teacher", "first-one", "--work", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no teacher checkpoint at .*seed3"):
+        quality.main(["--datasets", "synthetic", "--seeds", "1", "--reuse-teacher", "3",
+                      "--work", str(tmp_path), "--out", str(tmp_path / "q.json")])
