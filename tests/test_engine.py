@@ -98,6 +98,12 @@ def test_online_kd_reduces_loss_and_evaluate_matches_float64_reference(tmp_path)
     assert [r["epoch"] for r in records if r["event"] == "epoch"] == list(range(6))
     assert all(math.isfinite(r["loss"]) for r in records if r["event"] == "step")
 
+    # A fresh run into the same folder replaces the record instead of appending to it.
+    again = Distiller(*make_pair(), temperature=2.0, alpha=0.5, lr=3e-2, log_every=5, **QUIET)
+    again.fit(loader(train), epochs=2, out_dir=tmp_path, resume=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["event"] == "epoch"] == [0, 1]
+
 
 def test_teacher_frozen_sees_the_students_view_and_stays_out_of_checkpoints(tmp_path):
     teacher, student = make_pair()

@@ -628,8 +628,9 @@ class Distiller:
 
         With ``out_dir``: checkpoints ``out_dir/checkpoints/last.pt`` every
         ``checkpoint_every`` optimizer steps and each epoch (written atomically, rank 0 only),
-        ``out_dir/metrics.jsonl`` every ``log_every`` steps and each epoch, and the teacher
-        cache. With ``resume`` a run continues from ``last.pt``: on the CPU the final
+        ``out_dir/metrics.jsonl`` every ``log_every`` steps and each epoch (appended to when
+        resuming, else written anew), and the teacher cache. With ``resume`` a run continues
+        from ``last.pt``: on the CPU the final
         parameters equal those of an uninterrupted run bit for bit, given a DataLoader over a
         map-style dataset whose items depend only on the index and the global RNG
         (``num_workers=0``), or on ``(index, epoch)``.
@@ -673,7 +674,8 @@ class Distiller:
             start_epoch, skip, step = state["epoch"], state["batches_done"], state["step"]
         self._setup_cache(out / "teacher_cache" if out is not None else None, loader.num_items)
         self._wrap_for_training()
-        log = _RunLog(out, self.dist, self.tensorboard) if out is not None else None
+        log = (_RunLog(out, self.dist, self.tensorboard, resumed=state is not None)
+               if out is not None else None)
         try:
             for epoch in range(start_epoch, epochs):
                 step = self._train_epoch(loader, epoch, skip if epoch == start_epoch else 0,
@@ -972,15 +974,17 @@ def _progress_bar(total: int | None, initial: int, epoch: int, epochs: int,
 
 
 class _RunLog:
-    """``metrics.jsonl`` (and an optional TensorBoard writer), rank 0 only."""
+    """``metrics.jsonl`` (and an optional TensorBoard writer), rank 0 only. A resumed run
+    appends to the file; a fresh run starts it anew, as it does the checkpoint."""
 
-    def __init__(self, out: Path, context: DistContext, tensorboard: bool) -> None:
+    def __init__(self, out: Path, context: DistContext, tensorboard: bool,
+                 resumed: bool) -> None:
         self.handle = None
         self.writer = None
         if not context.is_main:
             return
         out.mkdir(parents=True, exist_ok=True)
-        self.handle = open(out / "metrics.jsonl", "a", encoding="utf-8")
+        self.handle = open(out / "metrics.jsonl", "a" if resumed else "w", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
