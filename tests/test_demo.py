@@ -79,3 +79,22 @@ def test_compare_reuses_a_trained_teacher(tmp_path):
         assert torch.equal(value, weights[key])  # evaluated, not trained again
     assert second["rows"][0]["train_seconds"] == 0.0
     assert second["rows"][0]["accuracy"] == first["rows"][0]["accuracy"]
+
+
+def _table_results(teacher: float, alone: float, kd: float) -> dict:
+    rows = [{"model": model, "parameters": 1000, "macs": 10, "accuracy": accuracy,
+             "macro_f1": accuracy, "clips_per_s": 1.0}
+            for model, accuracy in (("teacher", teacher), ("student alone", alone),
+                                    ("student + KD", kd))]
+    gap = teacher - alone
+    return {"rows": rows, "baseline": "student alone", "kd_gain_points": 100 * (kd - alone),
+            "gap_closed": (kd - alone) / gap if gap > 0 else None}
+
+
+def test_table_states_the_gap_closed_only_when_there_is_a_gap():
+    from kdcore.demo import format_table
+
+    table = format_table(_table_results(0.97, 0.91, 0.94))
+    assert "+3.0 pt" in table and "KD closes 50 % of the gap" in table
+    close = format_table(_table_results(0.378, 0.370, 0.292))  # gap 0.8 points
+    assert "% of the gap" not in close and "0.8 points above that student" in close
