@@ -188,8 +188,9 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
 
     Writes per model ``report_*.json`` and ``confusion_*.png``, ``curves.png`` and
     ``results.json`` to ``out_dir``; returns the results dict: ``rows`` (model, parameters,
-    MACs, accuracy, macro-F1, clips/s, training seconds), ``kd_gain_points`` and
-    ``gap_closed`` (the KD gain over the teacher-minus-alone gap). A trained ``teacher``
+    MACs, accuracy, macro-F1, clips/s, training seconds), ``kd_gain_points``,
+    ``gap_points`` (teacher minus the better student alone) and ``gap_closed`` (the KD gain
+    over that gap). A trained ``teacher``
     (a ``teacher_cnn`` of ``config``'s width, e.g. ``results["teacher"]`` of an earlier call)
     is evaluated and reused instead of trained; the returned ``results["teacher"]`` is the
     teacher used."""
@@ -251,7 +252,8 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     gain = kd_row["accuracy"] - alone_row["accuracy"]
     gap = teacher_row["accuracy"] - alone_row["accuracy"]
     results = {"config": asdict(config), "rows": rows, "baseline": alone_row["model"],
-               "kd_gain_points": 100 * gain, "gap_closed": gain / gap if gap > 0 else None,
+               "kd_gain_points": 100 * gain, "gap_points": 100 * gap,
+               "gap_closed": gain / gap if gap > 0 else None,
                "total_seconds": time.perf_counter() - started}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results | {"teacher": teacher}
@@ -271,12 +273,9 @@ def format_table(results: dict) -> str:
     if sum(row["model"] != "teacher" for row in results["rows"]) > 2:
         lines.append(f"KD gain: over {baseline!r}, the better student trained without a "
                      "teacher.")
-    teacher_row = results["rows"][0]
-    alone_row = next(row for row in results["rows"] if row["model"] == baseline)
-    gap_points = 100 * (teacher_row["accuracy"] - alone_row["accuracy"])
-    if gap_points < 1.0:
-        lines.append(f"The teacher is {gap_points:.1f} points above that student: too close to "
-                     "measure how much of the gap KD closes.")
+    if results["gap_points"] < 1.0:
+        lines.append(f"The teacher is {results['gap_points']:.1f} points above that student: "
+                     "too close to measure how much of the gap KD closes.")
     elif results["gap_closed"] is not None:
         lines.append(f"KD closes {100 * results['gap_closed']:.0f} % of the gap between that "
                      "student and the teacher.")

@@ -88,7 +88,7 @@ def _table_results(teacher: float, alone: float, kd: float) -> dict:
                                     ("student + KD", kd))]
     gap = teacher - alone
     return {"rows": rows, "baseline": "student alone", "kd_gain_points": 100 * (kd - alone),
-            "gap_closed": (kd - alone) / gap if gap > 0 else None}
+            "gap_points": 100 * gap, "gap_closed": (kd - alone) / gap if gap > 0 else None}
 
 
 def test_table_states_the_gap_closed_only_when_there_is_a_gap():
