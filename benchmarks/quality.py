@@ -60,7 +60,7 @@ def synthetic_data(config: DemoConfig):
     from kdcore.data import SyntheticAudio
 
     data_args = {"seed": DATA_SEED, "sample_rate": config.sample_rate,
-                 "duration": config.duration}
+                 "duration": config.duration, "speakers": config.speakers}
     train_set = SyntheticAudio(config.train_clips, split="train", **data_args)
     test_set = SyntheticAudio(config.test_clips, split="test", **data_args)
     for dataset in (train_set, test_set):

@@ -37,6 +37,7 @@ class DemoConfig:
     teacher_epochs: int
     sample_rate: int = 8000
     duration: float = 1.0
+    speakers: int = 6
     n_mels: int = 40
     n_fft: int = 256
     hop_length: int = 128
@@ -161,7 +162,7 @@ def run_demo(*, quick: bool = False, out_dir: str | Path = "kdcore_demo",
     config = config or (QUICK if quick else FULL)
     started = time.perf_counter()
     data_args = {"seed": config.seed, "sample_rate": config.sample_rate,
-                 "duration": config.duration}
+                 "duration": config.duration, "speakers": config.speakers}
     train_set = SyntheticAudio(config.train_clips, split="train", **data_args)
     test_set = SyntheticAudio(config.test_clips, split="test", **data_args)
     print(f"SyntheticAudio: {len(train_set)} train / {len(test_set)} test clips, "
