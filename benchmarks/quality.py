@@ -177,7 +177,8 @@ def format_summary(name: str, summary: dict) -> str:
 def merge_seed_files(files: list[Path], out: Path) -> None:
     """Merge the entries that separate runs (one or more seeds each, written with ``--out``)
     stored under the same key into one entry of ``out``: runs concatenated in file order,
-    summary recomputed. Refuses a seed that appears twice or a recipe that differs."""
+    summary recomputed. Refuses a seed that appears twice, or a recipe or data description
+    (``dataset``, ``train_clips``, ``test_clips``) that differs."""
     loaded = [json.loads(path.read_text()) for path in files]
     for key in loaded[0]:
         payloads = [data[key] for data in loaded if key in data]
@@ -186,6 +187,10 @@ def merge_seed_files(files: list[Path], out: Path) -> None:
             raise SystemExit(f"--merge: {key}: seed repeated across files ({seeds})")
         if any(payload["config"] != payloads[0]["config"] for payload in payloads):
             raise SystemExit(f"--merge: {key}: the files hold different recipes")
+        for field in ("dataset", "train_clips", "test_clips"):
+            if any(payload.get(field) != payloads[0].get(field) for payload in payloads):
+                raise SystemExit(f"--merge: {key}: the files describe different data "
+                                 f"({field!r} differs)")
         runs = [run for payload in payloads for run in payload["runs"]]
         merged = payloads[0] | {
             "seeds": seeds, "runs": runs, "summary": summarise(runs),

@@ -55,10 +55,11 @@ def test_summary_by_hand():
                                       "gap_closed_at_least_half": False}
 
 
-def _seed_file(path, seeds, runs, config=None):
+def _seed_file(path, seeds, runs, config=None, dataset="SyntheticAudio"):
     payload = {"seeds": seeds, "runs": runs, "seconds": 10.0 * len(seeds),
                "config": config or {"epochs": 120}, "teacher": "trained once (seed 0)",
-               "summary": quality.summarise(runs)}
+               "summary": quality.summarise(runs), "dataset": dataset,
+               "train_clips": 2048, "test_clips": 512}
     path.write_text(json.dumps({"synthetic_epochs120": payload}))
     return path
 
@@ -78,7 +79,7 @@ def test_merge_concatenates_seeds_and_recomputes_the_summary(tmp_path):
     assert merged["summary"]["gap_closed"] == pytest.approx((7 / 3) / 5)
 
 
-def test_merge_refuses_repeated_seeds_and_different_recipes(tmp_path):
+def test_merge_refuses_repeated_seeds_different_recipes_and_different_data(tmp_path):
     first = _seed_file(tmp_path / "a.json", [0], [_run(0.98, 0.92, 0.95)])
     again = _seed_file(tmp_path / "b.json", [0], [_run(0.98, 0.92, 0.95)])
     other = _seed_file(tmp_path / "c.json", [1], [_run(0.98, 0.92, 0.95)], {"epochs": 60})
@@ -87,6 +88,10 @@ def test_merge_refuses_repeated_seeds_and_different_recipes(tmp_path):
         quality.main(["--merge", str(first), str(again), "--out", str(out)])
     with pytest.raises(SystemExit, match="different recipes"):
         quality.main(["--merge", str(first), str(other), "--out", str(out)])
+    described = _seed_file(tmp_path / "d.json", [1], [_run(0.98, 0.92, 0.95)],
+                           dataset="SyntheticAudio, 3 speakers per split")
+    with pytest.raises(SystemExit, match="different data \\('dataset' differs\\)"):
+        quality.main(["--merge", str(first), str(described), "--out", str(out)])
     assert not out.exists()
 
 
