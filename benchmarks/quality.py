@@ -177,10 +177,12 @@ def format_summary(name: str, summary: dict) -> str:
 def merge_seed_files(files: list[Path], out: Path) -> None:
     """Merge the entries that separate runs (one or more seeds each, written with ``--out``)
     stored under the same key into one entry of ``out``: runs concatenated in file order,
-    summary recomputed. Refuses a seed that appears twice, or a recipe or data description
-    (``dataset``, ``train_clips``, ``test_clips``) that differs."""
+    summary recomputed. Every key of every file is merged, each from the files that hold it.
+    Refuses a seed that appears twice, or a recipe or data description (``dataset``,
+    ``train_clips``, ``test_clips``) that differs."""
     loaded = [json.loads(path.read_text()) for path in files]
-    for key in loaded[0]:
+    keys = list(dict.fromkeys(key for data in loaded for key in data))
+    for key in keys:
         payloads = [data[key] for data in loaded if key in data]
         seeds = [seed for payload in payloads for seed in payload["seeds"]]
         if len(set(seeds)) != len(seeds):

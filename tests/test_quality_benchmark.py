@@ -55,12 +55,13 @@ def test_summary_by_hand():
                                       "gap_closed_at_least_half": False}
 
 
-def _seed_file(path, seeds, runs, config=None, dataset="SyntheticAudio"):
+def _seed_file(path, seeds, runs, config=None, dataset="SyntheticAudio",
+               key="synthetic_epochs120"):
     payload = {"seeds": seeds, "runs": runs, "seconds": 10.0 * len(seeds),
                "config": config or {"epochs": 120}, "teacher": "trained once (seed 0)",
                "summary": quality.summarise(runs), "dataset": dataset,
                "train_clips": 2048, "test_clips": 512}
-    path.write_text(json.dumps({"synthetic_epochs120": payload}))
+    path.write_text(json.dumps({key: payload}))
     return path
 
 
@@ -77,6 +78,18 @@ def test_merge_concatenates_seeds_and_recomputes_the_summary(tmp_path):
     assert merged["seeds"] == [0, 1, 2] and merged["seconds"] == 30.0
     assert merged["summary"]["kd_gain_points"]["mean"] == pytest.approx(7 / 3)
     assert merged["summary"]["gap_closed"] == pytest.approx((7 / 3) / 5)
+
+
+def test_merge_keeps_keys_that_only_later_files_hold(tmp_path):
+    short = _seed_file(tmp_path / "short.json", [0, 1], [_run(0.98, 0.92, 0.95)] * 2)
+    long = _seed_file(tmp_path / "long.json", [0], [_run(0.98, 0.90, 0.97)],
+                      key="synthetic_epochs360")
+    out = tmp_path / "quality.json"
+    assert quality.main(["--merge", str(short), str(long), "--out", str(out)]) == 0
+    stored = json.loads(out.read_text())
+    assert stored["synthetic_epochs120"]["seeds"] == [0, 1]
+    assert stored["synthetic_epochs360"]["seeds"] == [0]
+    assert stored["synthetic_epochs360"]["summary"]["kd_gain_points"]["mean"] == pytest.approx(7)
 
 
 def test_merge_refuses_repeated_seeds_different_recipes_and_different_data(tmp_path):
