@@ -85,21 +85,28 @@ def fsdd_data(config: DemoConfig, root: Path):
 
 
 def load_teacher(run_dir: Path, config: DemoConfig) -> torch.nn.Module:
-    """The teacher that :func:`kdcore.demo.compare` trained into ``run_dir`` (the Distiller
-    checkpoint of its teacher run); a checkpoint of another shape or schedule is refused."""
-    from kdcore.models import create
+    """The teacher that :func:`kdcore.demo.compare` trained into ``run_dir``: the Distiller
+    checkpoint of its ``teacher`` run, or with ``config.teachers`` > 1 a
+    :class:`~kdcore.models.TeacherEnsemble` of ``teacher``, ``teacher_1``, ... A missing
+    member, or a checkpoint of another shape or schedule, is refused."""
+    from kdcore.models import TeacherEnsemble, create
 
-    path = run_dir / "teacher" / "checkpoints" / "last.pt"
-    if not path.is_file():
-        raise SystemExit(f"--reuse-teacher: no teacher checkpoint at {path}")
-    state = torch.load(path, weights_only=True)
-    if state["epoch"] != config.teacher_epochs:
-        raise SystemExit(f"--reuse-teacher: {path} has {state['epoch']} epochs, the "
-                         f"configuration {config.teacher_epochs}")
-    classes = state["student"]["classifier.weight"].shape[0]
-    teacher = create("teacher_cnn", classes, n_mels=config.n_mels, width=config.teacher_width)
-    teacher.load_state_dict(state["student"])  # the teacher was the run's trained model
-    return teacher.eval()
+    members = []
+    for index in range(config.teachers):
+        name = "teacher" if index == 0 else f"teacher_{index}"
+        path = run_dir / name / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise SystemExit(f"--reuse-teacher: no teacher checkpoint at {path}")
+        state = torch.load(path, weights_only=True)
+        if state["epoch"] != config.teacher_epochs:
+            raise SystemExit(f"--reuse-teacher: {path} has {state['epoch']} epochs, the "
+                             f"configuration {config.teacher_epochs}")
+        classes = state["student"]["classifier.weight"].shape[0]
+        member = create("teacher_cnn", classes, n_mels=config.n_mels,
+                        width=config.teacher_width)
+        member.load_state_dict(state["student"])  # the teacher was the run's trained model
+        members.append(member.eval())
+    return members[0] if len(members) == 1 else TeacherEnsemble(members).eval()
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -24,12 +24,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdcore.data import SpecAugment, SyntheticAudio, WaveAugment, collate_audio
-from kdcore.models import create
+from kdcore.models import TeacherEnsemble, create
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes and recipe of one demo run (see ``QUICK`` and ``FULL``)."""
+    """Sizes and recipe of one demo run (see ``QUICK`` and ``FULL``). With ``teachers`` > 1
+    the teacher is a :class:`kdcore.models.TeacherEnsemble` of that many ``teacher_cnn``
+    members; member k >= 1 is initialised and trained with seed ``seed + k``."""
 
     train_clips: int
     test_clips: int
@@ -42,6 +44,7 @@ class DemoConfig:
     n_fft: int = 256
     hop_length: int = 128
     teacher_width: int = 16
+    teachers: int = 1
     student_width: int = 16
     batch_size: int = 64
     lr: float = 5e-3
@@ -86,7 +89,8 @@ def _frontend(config: DemoConfig) -> nn.Module:
 
 def _train(name: str, teacher: nn.Module, student: nn.Module, alpha: float,
            train_set: Dataset, test_set: Dataset, config: DemoConfig,
-           out: Path, progress: bool, *, epochs: int, lr: float, mixup: float):
+           out: Path, progress: bool, *, epochs: int, lr: float, mixup: float,
+           seed: int | None = None):
     from kdcore import Distiller
 
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
@@ -94,7 +98,8 @@ def _train(name: str, teacher: nn.Module, student: nn.Module, alpha: float,
     test_loader = DataLoader(test_set, batch_size=256, collate_fn=collate_audio)
     distiller = Distiller(teacher, student, frontend=_frontend(config),
                           temperature=config.temperature, alpha=alpha, lr=lr,
-                          schedule="onecycle", seed=config.seed, device="cpu", mixup=mixup,
+                          schedule="onecycle", seed=config.seed if seed is None else seed,
+                          device="cpu", mixup=mixup,
                           checkpoint_every=0, progress=progress)
     started = time.perf_counter()
     history = distiller.fit(train_loader, test_loader, epochs=epochs,
@@ -112,6 +117,10 @@ def _predict(frontend: nn.Module, model: nn.Module, dataset: Dataset
         predictions.append(model(frontend(batch.waveforms)).argmax(dim=-1))
         labels.append(batch.labels)
     return torch.cat(labels), torch.cat(predictions)
+
+
+def _accuracy(labels: torch.Tensor, predictions: torch.Tensor) -> float:
+    return (labels == predictions).double().mean().item()
 
 
 @torch.no_grad()
@@ -191,7 +200,9 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     ``results.json`` to ``out_dir``; returns the results dict: ``rows`` (model, parameters,
     MACs, accuracy, macro-F1, clips/s, training seconds), ``kd_gain_points``,
     ``gap_points`` (teacher minus the better student alone) and ``gap_closed`` (the KD gain
-    over that gap). A trained ``teacher``
+    over that gap). With ``config.teachers`` > 1 the teacher is an ensemble: members train
+    into ``teacher``, ``teacher_1``, ... and ``teacher_members_accuracy`` lists their own test
+    accuracies. A trained ``teacher``
     (a ``teacher_cnn`` of ``config``'s width, e.g. ``results["teacher"]`` of an earlier call)
     is evaluated and reused instead of trained; the returned ``results["teacher"]`` is the
     teacher used."""
@@ -203,48 +214,68 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     classes = len(class_names)
     torch.manual_seed(config.seed)
     trained = teacher is not None
-    if teacher is None:
-        teacher = create("teacher_cnn", classes, n_mels=config.n_mels,
-                         width=config.teacher_width)
+    members = [] if trained else [create("teacher_cnn", classes, n_mels=config.n_mels,
+                                         width=config.teacher_width)]
     student_alone = create("student_dscnn", classes, n_mels=config.n_mels,
                            width=config.student_width)
     student_kd = copy.deepcopy(student_alone)  # same initialisation
+    for index in range(1, 0 if trained else config.teachers):
+        torch.manual_seed(config.seed + index)
+        members.append(create("teacher_cnn", classes, n_mels=config.n_mels,
+                              width=config.teacher_width))
     uniform = ConstantTeacher(classes)
-    # (name, teacher, model, alpha, mixup, epochs, lr)
-    runs = [("teacher", uniform, teacher, 0.0, config.teacher_mixup, config.teacher_epochs,
-             config.teacher_lr),
-            ("student alone", uniform, student_alone, 0.0, 0.0, config.epochs, config.lr)]
-    if config.mixup > 0 and config.mixup_control:
-        runs.append(("alone + mixup", uniform, copy.deepcopy(student_alone), 0.0,
-                     config.mixup, config.epochs, config.lr))
-    runs.append(("student + KD", teacher, student_kd, config.alpha, config.mixup,
-                 config.epochs, config.lr))
-    histories, rows = {}, []
+    histories, rows, extra = {}, [], {}
     probe = torch.stack([test_set[i].waveform for i in range(min(64, len(test_set)))])
-    for name, guide, model, alpha, mixup, epochs, lr in runs:
-        print(f"\n== {name}: {_format_count(model.num_parameters())} parameters, "
-              f"{epochs} epochs", flush=True)
+
+    def evaluate(name: str, model: nn.Module, frontend: nn.Module, seconds: float) -> dict:
         slug = name.replace(" + ", "_").replace(" ", "_")
-        if name == "teacher" and trained:
-            print("(trained earlier: evaluated only)", flush=True)
-            frontend, seconds = _frontend(config), 0.0
-        else:
-            distiller, history, seconds = _train(slug, guide, model, alpha, train_set,
-                                                 test_set, config, out, progress,
-                                                 epochs=epochs, lr=lr, mixup=mixup)
-            histories[name] = history
-            frontend = distiller.frontend
-        if name == "teacher":
-            teacher.eval()
         labels, predictions = _predict(frontend, model, test_set)
         report = classification_report(labels, predictions, class_names)
         report.save_json(out / f"report_{slug}.json")
         report.save_confusion_png(out / f"confusion_{slug}.png", title=f"{name}: confusion")
-        rows.append({"model": name, "parameters": model.num_parameters(),
-                     "macs": model.macs(int(frontend[1].frames(probe.shape[1]))),
-                     "accuracy": report.accuracy, "macro_f1": report.macro_f1,
-                     "clips_per_s": _throughput(frontend, model, probe),
-                     "train_seconds": seconds})
+        return {"model": name, "parameters": model.num_parameters(),
+                "macs": model.macs(int(frontend[1].frames(probe.shape[1]))),
+                "accuracy": report.accuracy, "macro_f1": report.macro_f1,
+                "clips_per_s": _throughput(frontend, model, probe), "train_seconds": seconds}
+
+    teacher_seconds = 0.0
+    for index, member in enumerate(members):
+        name = "teacher" if index == 0 else f"teacher {index}"
+        print(f"\n== {name}: {_format_count(member.num_parameters())} parameters, "
+              f"{config.teacher_epochs} epochs, seed {config.seed + index}", flush=True)
+        _, history, seconds = _train(name.replace(" ", "_"), uniform, member, 0.0, train_set,
+                                     test_set, config, out, progress,
+                                     epochs=config.teacher_epochs, lr=config.teacher_lr,
+                                     mixup=config.teacher_mixup, seed=config.seed + index)
+        histories[name] = history
+        teacher_seconds += seconds
+        member.eval()
+    if not trained:
+        teacher = members[0] if len(members) == 1 else TeacherEnsemble(members)
+    teacher.eval()
+    if isinstance(teacher, TeacherEnsemble):
+        extra["teacher_members_accuracy"] = [
+            _accuracy(*_predict(_frontend(config), member, test_set))
+            for member in teacher.members]
+    if trained:
+        print(f"\n== teacher: {_format_count(teacher.num_parameters())} parameters "
+              "(trained earlier: evaluated only)", flush=True)
+    rows.append(evaluate("teacher", teacher, _frontend(config), teacher_seconds))
+
+    runs = [("student alone", uniform, student_alone, 0.0, 0.0)]
+    if config.mixup > 0 and config.mixup_control:
+        runs.append(("alone + mixup", uniform, copy.deepcopy(student_alone), 0.0,
+                     config.mixup))
+    runs.append(("student + KD", teacher, student_kd, config.alpha, config.mixup))
+    for name, guide, model, alpha, mixup in runs:
+        print(f"\n== {name}: {_format_count(model.num_parameters())} parameters, "
+              f"{config.epochs} epochs", flush=True)
+        slug = name.replace(" + ", "_").replace(" ", "_")
+        distiller, history, seconds = _train(slug, guide, model, alpha, train_set, test_set,
+                                             config, out, progress, epochs=config.epochs,
+                                             lr=config.lr, mixup=mixup)
+        histories[name] = history
+        rows.append(evaluate(name, model, distiller.frontend, seconds))
     _plot_curves(histories, out / "curves.png")
 
     teacher_row, kd_row = rows[0], rows[-1]
@@ -255,7 +286,7 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     results = {"config": asdict(config), "rows": rows, "baseline": alone_row["model"],
                "kd_gain_points": 100 * gain, "gap_points": 100 * gap,
                "gap_closed": gain / gap if gap > 0 else None,
-               "total_seconds": time.perf_counter() - started}
+               "total_seconds": time.perf_counter() - started} | extra
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results | {"teacher": teacher}
 

@@ -98,3 +98,33 @@ def test_table_states_the_gap_closed_only_when_there_is_a_gap():
     assert "+3.0 pt" in table and "KD closes 50 % of the gap" in table
     close = format_table(_table_results(0.378, 0.370, 0.292))  # gap 0.8 points
     assert "% of the gap" not in close and "0.8 points above that student" in close
+
+
+def test_compare_trains_an_ensemble_teacher_with_seeded_members(tmp_path):
+    from kdcore.data import SyntheticAudio
+    from kdcore.demo import compare
+    from kdcore.models import TeacherEnsemble
+
+    config = DemoConfig(train_clips=32, test_clips=16, epochs=1, teacher_epochs=1, duration=0.3,
+                        batch_size=16, n_mels=16, teacher_width=4, student_width=4,
+                        teachers=2, mixup_control=False)
+    data = {"seed": 0, "sample_rate": config.sample_rate, "duration": config.duration}
+    train_set = SyntheticAudio(32, split="train", **data)
+    test_set = SyntheticAudio(16, split="test", **data)
+    results = compare(train_set, test_set, list(train_set.classes), config, tmp_path,
+                      progress=False)
+    teacher = results["teacher"]
+    assert isinstance(teacher, TeacherEnsemble) and len(teacher.members) == 2
+    for name in ("teacher", "teacher_1"):
+        assert (tmp_path / name / "checkpoints" / "last.pt").is_file()
+    saved_member = torch.load(tmp_path / "teacher_1" / "checkpoints" / "last.pt",
+                              weights_only=True)["student"]
+    for key, value in teacher.members[1].state_dict().items():
+        assert torch.equal(value, saved_member[key])
+    assert not torch.equal(teacher.members[0].classifier.weight,
+                           teacher.members[1].classifier.weight)
+    assert len(results["teacher_members_accuracy"]) == 2
+    rows = {row["model"]: row for row in results["rows"]}
+    assert rows["teacher"]["parameters"] == sum(m.num_parameters() for m in teacher.members)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["teacher_members_accuracy"] == results["teacher_members_accuracy"]

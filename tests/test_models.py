@@ -128,3 +128,31 @@ def test_hf_wrapper_loads_local_tiny_ast(tmp_path):
         create("hf", 3, path=tmp_path)
     with pytest.raises(ValueError, match="config.json"):
         create("hf", 5, path=tmp_path / "nowhere")
+
+
+def test_teacher_ensemble_averages_member_logits():
+    torch.manual_seed(0)
+    members = [create("teacher_cnn", 7, n_mels=16, width=4),
+               create("teacher_cnn", 7, n_mels=16, width=6),
+               create("student_dscnn", 7, n_mels=16, width=4)]
+    ensemble = models.TeacherEnsemble(members).eval().double()
+    features = 3 * torch.randn(5, 16, 23, dtype=torch.float64)
+    with torch.no_grad():
+        logits = ensemble(features)
+        expected = sum(member(features) for member in members) / 3  # members are float64 now
+    assert logits.shape == (5, 7)
+    torch.testing.assert_close(logits, expected, rtol=1e-12, atol=1e-12)
+    assert ensemble.num_parameters() == sum(
+        p.numel() for member in members for p in member.parameters())
+    assert ensemble.macs(23) == sum(member.macs(23) for member in members)
+    assert (ensemble.n_mels, ensemble.num_classes) == (16, 7)
+
+
+def test_teacher_ensemble_refuses_mismatched_or_no_members():
+    with pytest.raises(ValueError, match="members must hold at least one"):
+        models.TeacherEnsemble([])
+    with pytest.raises(ValueError, match="members must all report the same"):
+        models.TeacherEnsemble([create("teacher_cnn", 7, n_mels=16, width=4),
+                                create("teacher_cnn", 5, n_mels=16, width=4)])
+    with pytest.raises(ValueError, match="members must all report the same"):
+        models.TeacherEnsemble([torch.nn.Linear(3, 3)])

@@ -114,3 +114,28 @@ def test_reuse_teacher_takes_a_seed(tmp_path):
     with pytest.raises(SystemExit, match="no teacher checkpoint at .*seed3"):
         quality.main(["--datasets", "synthetic", "--seeds", "1", "--reuse-teacher", "3",
                       "--work", str(tmp_path), "--out", str(tmp_path / "q.json")])
+
+
+def test_reuse_teacher_loads_every_ensemble_member(tmp_path):
+    import torch
+
+    from kdcore.models import TeacherEnsemble, create
+
+    config = quality.DemoConfig(train_clips=32, test_clips=16, epochs=1, teacher_epochs=3,
+                                n_mels=16, teacher_width=4, teachers=2)
+    weights = []
+    for index, name in enumerate(["teacher", "teacher_1"]):
+        torch.manual_seed(index)
+        state = create("teacher_cnn", 5, n_mels=16, width=4).state_dict()
+        weights.append(state)
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        torch.save({"epoch": 3, "student": state},
+                   tmp_path / name / "checkpoints" / "last.pt")
+    teacher = quality.load_teacher(tmp_path, config)
+    assert isinstance(teacher, TeacherEnsemble) and not teacher.training
+    for member, state in zip(teacher.members, weights, strict=True):
+        assert torch.equal(member.classifier.weight, state["classifier.weight"])
+    with pytest.raises(SystemExit, match="no teacher checkpoint at .*teacher_2"):
+        quality.load_teacher(tmp_path, quality.dataclasses.replace(config, teachers=3))
+    with pytest.raises(SystemExit, match="has 3 epochs, the configuration 4"):
+        quality.load_teacher(tmp_path, quality.dataclasses.replace(config, teacher_epochs=4))

@@ -7,6 +7,8 @@
 - ``transformer``: :class:`AudioTransformer`, pre-norm encoder; ``dim``, ``depth``.
 - ``hf``: :class:`HFAudioClassifier`, a local HuggingFace model directory (``path``;
   needs ``kdcore[hf]``).
+
+:class:`TeacherEnsemble` averages the logits of trained models into one teacher.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from kdcore.models.attention import AudioTransformer
 from kdcore.models.base import AudioClassifier, count_macs, count_parameters
 from kdcore.models.cnn import StudentDSCNN, TeacherCNN
+from kdcore.models.ensemble import TeacherEnsemble
 from kdcore.models.hf import HFAudioClassifier
 
 MODELS: dict[str, type[AudioClassifier]] = {
@@ -50,6 +53,7 @@ __all__ = [
     "HFAudioClassifier",
     "StudentDSCNN",
     "TeacherCNN",
+    "TeacherEnsemble",
     "available_models",
     "count_macs",
     "count_parameters",
