@@ -337,15 +337,49 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_teacher(args: argparse.Namespace, data_classes: list[str]):
-    from kdcore.checkpoints import load_model_checkpoint
+def teacher_paths(args: argparse.Namespace) -> list[str]:
+    """``--teacher`` as a list: one checkpoint, or several for an ensemble teacher (a YAML
+    string or list in ``--config``); each must exist."""
+    paths = args.teacher if isinstance(args.teacher, (list, tuple)) else [args.teacher]
+    paths = [str(path) for path in paths]
+    if not paths:
+        raise CLIError("--teacher needs at least one checkpoint")
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"teacher checkpoint does not exist: {path}")
+    return paths
 
-    teacher = load_model_checkpoint(args.teacher)
-    if teacher.class_names != data_classes:
-        raise CLIError(f"teacher {args.teacher} was trained on classes "
-                       f"{teacher.class_names[:6]}{'...' if teacher.num_classes > 6 else ''} "
-                       f"but --data has {data_classes[:6]}"
-                       f"{'...' if len(data_classes) > 6 else ''}")
+
+def _load_teacher(args: argparse.Namespace, data_classes: list[str]):
+    """The ``--teacher`` checkpoint; with several, one whose ``model`` is a
+    :class:`kdcore.models.TeacherEnsemble` (mean of the members' logits). The members must
+    share class names, frontend and clip length. ``args``' frontend follows the teacher's."""
+    import dataclasses
+
+    from kdcore.checkpoints import load_model_checkpoint
+    from kdcore.models import TeacherEnsemble
+
+    paths = teacher_paths(args)
+    teachers = [load_model_checkpoint(path) for path in paths]
+    for path, teacher in zip(paths, teachers, strict=True):
+        if teacher.class_names != data_classes:
+            raise CLIError(f"teacher {path} was trained on classes "
+                           f"{teacher.class_names[:6]}"
+                           f"{'...' if teacher.num_classes > 6 else ''} "
+                           f"but --data has {data_classes[:6]}"
+                           f"{'...' if len(data_classes) > 6 else ''}")
+        if (teacher.frontend, teacher.clip_samples) != (teachers[0].frontend,
+                                                        teachers[0].clip_samples):
+            raise CLIError(f"--teacher: {path} uses frontend {teacher.frontend} and "
+                           f"{teacher.clip_samples}-sample clips, {paths[0]} "
+                           f"{teachers[0].frontend} and {teachers[0].clip_samples}; the "
+                           "members of an ensemble must share them")
+    teacher = teachers[0]
+    if len(teachers) > 1:
+        teacher = dataclasses.replace(
+            teacher, model=TeacherEnsemble([member.model for member in teachers]).eval(),
+            model_name="ensemble of " + ", ".join(member.model_name for member in teachers),
+            model_kwargs={}, meta={"members": paths})
     if teacher.frontend != frontend_config(args) or teacher.clip_samples != clip_samples(args):
         print(f"note: using the teacher's frontend {teacher.frontend} and clip length "
               f"{teacher.clip_samples} samples")
@@ -383,8 +417,7 @@ def command_distill(args: argparse.Namespace) -> int:
 
     _check_model_name(args.student)
     out = Path(args.out)
-    if not Path(args.teacher).is_file():
-        raise FileNotFoundError(f"teacher checkpoint does not exist: {args.teacher}")
+    teacher_paths(args)
     classes = (list(SyntheticAudio.classes) if str(args.data) == SYNTHETIC
                else load_source(args.data, skip_bad=args.skip_bad, check_audio=False).classes)
     teacher = _load_teacher(args, classes)
@@ -405,7 +438,7 @@ def command_distill(args: argparse.Namespace) -> int:
          teacher_mode=args.teacher_mode, feature_pairs=pairs, feature_weight=weight,
          cache_dir=cache_dir)
     _finish_training(student, data, args, out, "student",
-                     {"command": "distill", "teacher": str(args.teacher),
+                     {"command": "distill", "teacher": ", ".join(teacher_paths(args)),
                       "temperature": args.temperature, "alpha": args.alpha})
     return 0
 
@@ -752,7 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=command_train)
 
     distill = commands.add_parser("distill", help="distil a teacher checkpoint into a student")
-    distill.add_argument("--teacher", help="teacher checkpoint (model.pt of train)")
+    distill.add_argument("--teacher", nargs="+", metavar="CKPT",
+                         help="teacher checkpoint (model.pt of train); several make an "
+                              "ensemble teacher (mean of their logits)")
     distill.add_argument("--student", help="student model name")
     distill.add_argument("--temperature", type=float, default=2.0)
     distill.add_argument("--alpha", type=float, default=0.9,
@@ -781,7 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache = commands.add_parser("cache-teacher", help="precompute teacher logits for "
                                 "distill --teacher-mode cached")
-    cache.add_argument("--teacher", help="teacher checkpoint")
+    cache.add_argument("--teacher", nargs="+", metavar="CKPT",
+                       help="teacher checkpoint; several make an ensemble teacher")
     cache.add_argument("--out", help="cache folder")
     _add_data(cache)
     _add_common(cache)

@@ -322,3 +322,52 @@ def test_export_frontend_matches_log_mel(options: dict) -> None:
     expected = log_mel(waves)
     assert exported.shape == expected.shape
     torch.testing.assert_close(exported, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_several_teachers_make_an_ensemble(workspace: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    """--teacher A B: cache-teacher stores the mean of the members' logits; distill trains
+    against the ensemble (feature pairs reach a member by its ``members.K.`` path); members
+    with another frontend are refused naming --teacher."""
+    from kdcore.checkpoints import load_model_checkpoint
+
+    data = ["--data", "data/manifest.csv", *SIZES]
+    current = Path.cwd()
+    os.chdir(workspace)
+    try:
+        assert cli.main(["train", "--data", "data", "--model", "teacher_cnn", "--width", "4",
+                         "--epochs", "1", "--seed", "1", "--out", "teacher_b", "--no-progress",
+                         *SIZES, *FRONTEND]) == 0
+        members = ["teacher/model.pt", "teacher_b/model.pt"]
+        assert cli.main(["cache-teacher", "--teacher", *members, "--out", "cache_ensemble",
+                         "--no-progress", *data]) == 0
+        assert cli.main(["distill", "--teacher", *members, "--student", "student_dscnn",
+                         "--width", "4", "--feature-pair", "dropout:members.1.dropout",
+                         "--epochs", "1", "--out", "ensemble_kd", "--no-progress",
+                         *data]) == 0
+        assert "ensemble of teacher_cnn, teacher_cnn" in capsys.readouterr().out
+        record = json.loads((workspace / "ensemble_kd" / "run.json").read_text())
+        assert record["config"]["teacher"] == members
+        assert cli.main(["train", "--data", "data", "--model", "teacher_cnn", "--width", "4",
+                         "--epochs", "1", "--out", "teacher_c", "--no-progress", *SIZES,
+                         "--n-mels", "8", "--n-fft", "128", "--hop-length", "64"]) == 0
+        assert cli.main(["distill", "--teacher", "teacher/model.pt", "teacher_c/model.pt",
+                         "--student", "student_dscnn", "--out", "refused", *data]) == 2
+        assert "--teacher: teacher_c/model.pt uses frontend" in capsys.readouterr().err
+    finally:
+        os.chdir(current)
+    stored = np.fromfile(workspace / "cache_ensemble" / "logits.f32", dtype=np.float32)
+    start = (FILE_SAMPLES - CLIP_SAMPLES) // 2
+    waves = torch.tensor(np.stack([
+        soundfile.read(workspace / "data" / label / f"{item}.wav")[0][start:start +
+                                                                     CLIP_SAMPLES]
+        for label in CLASSES for item in range(6)]), dtype=torch.float64)
+    logits = []
+    for path in members:
+        member = load_model_checkpoint(workspace / path)
+        with torch.no_grad():
+            features = member.build_frontend("reference").eval()(waves.float())
+            logits.append(member.model.double()(features.double()))
+    expected = (logits[0] + logits[1]) / 2
+    np.testing.assert_allclose(stored.reshape(len(waves), len(CLASSES)), expected.numpy(),
+                               rtol=1e-4, atol=1e-4)
