@@ -417,7 +417,7 @@ def command_distill(args: argparse.Namespace) -> int:
 
     _check_model_name(args.student)
     out = Path(args.out)
-    teacher_paths(args)
+    paths = teacher_paths(args)  # before the data loads: a missing checkpoint fails fast
     classes = (list(SyntheticAudio.classes) if str(args.data) == SYNTHETIC
                else load_source(args.data, skip_bad=args.skip_bad, check_audio=False).classes)
     teacher = _load_teacher(args, classes)
@@ -438,7 +438,7 @@ def command_distill(args: argparse.Namespace) -> int:
          teacher_mode=args.teacher_mode, feature_pairs=pairs, feature_weight=weight,
          cache_dir=cache_dir)
     _finish_training(student, data, args, out, "student",
-                     {"command": "distill", "teacher": ", ".join(teacher_paths(args)),
+                     {"command": "distill", "teacher": ", ".join(paths),
                       "temperature": args.temperature, "alpha": args.alpha})
     return 0
 
