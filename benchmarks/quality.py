@@ -290,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summary,
             "runs": [{"seed": seed, "rows": run["rows"], "baseline": run["baseline"],
                       "kd_gain_points": run["kd_gain_points"], "gap_closed": run["gap_closed"]}
+                     | ({"teacher_members_accuracy": run["teacher_members_accuracy"]}
+                        if "teacher_members_accuracy" in run else {})
                      for seed, run in zip(args.seeds, runs, strict=True)],
             "seconds": time.perf_counter() - started,
             "environment": environment() | {"cpu_count": os.cpu_count(),

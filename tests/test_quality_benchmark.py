@@ -139,3 +139,24 @@ def test_reuse_teacher_loads_every_ensemble_member(tmp_path):
         quality.load_teacher(tmp_path, quality.dataclasses.replace(config, teachers=3))
     with pytest.raises(SystemExit, match="has 3 epochs, the configuration 4"):
         quality.load_teacher(tmp_path, quality.dataclasses.replace(config, teacher_epochs=4))
+
+
+def test_runs_keep_the_ensemble_members_accuracy(tmp_path, monkeypatch):
+    def fake_data(config):
+        return [0] * 4, [0] * 2, ["a", "b"], "fake data"
+
+    def fake_compare(train_set, test_set, classes, config, out, progress, teacher):
+        run = _run(0.98, 0.92 + config.seed / 100, 0.95)
+        members = {"teacher_members_accuracy": [0.97, 0.96]} if config.seed == 1 else {}
+        return run | {"gap_closed": 0.5, "teacher": "trained"} | members
+
+    monkeypatch.setattr(quality, "synthetic_data", fake_data)
+    monkeypatch.setattr(quality, "compare", fake_compare)
+    out = tmp_path / "q.json"
+    assert quality.main(["--datasets", "synthetic", "--seeds", "0", "1", "--work",
+                         str(tmp_path), "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["synthetic"]["runs"]
+    assert [run["seed"] for run in runs] == [0, 1]
+    assert "teacher_members_accuracy" not in runs[0]
+    assert runs[1]["teacher_members_accuracy"] == [0.97, 0.96]
+    assert runs[1]["kd_gain_points"] == pytest.approx(2.0)
