@@ -350,16 +350,16 @@ def teacher_paths(args: argparse.Namespace) -> list[str]:
     return paths
 
 
-def _load_teacher(args: argparse.Namespace, data_classes: list[str]):
-    """The ``--teacher`` checkpoint; with several, one whose ``model`` is a
-    :class:`kdcore.models.TeacherEnsemble` (mean of the members' logits). The members must
-    share class names, frontend and clip length. ``args``' frontend follows the teacher's."""
+def _load_teacher(paths: list[str], args: argparse.Namespace, data_classes: list[str]):
+    """The ``--teacher`` checkpoint (``paths``, from :func:`teacher_paths`); with several,
+    one whose ``model`` is a :class:`kdcore.models.TeacherEnsemble` (mean of the members'
+    logits). The members must share class names, frontend and clip length. ``args``' frontend
+    follows the teacher's."""
     import dataclasses
 
     from kdcore.checkpoints import load_model_checkpoint
     from kdcore.models import TeacherEnsemble
 
-    paths = teacher_paths(args)
     teachers = [load_model_checkpoint(path) for path in paths]
     for path, teacher in zip(paths, teachers, strict=True):
         if teacher.class_names != data_classes:
@@ -420,7 +420,7 @@ def command_distill(args: argparse.Namespace) -> int:
     paths = teacher_paths(args)  # before the data loads: a missing checkpoint fails fast
     classes = (list(SyntheticAudio.classes) if str(args.data) == SYNTHETIC
                else load_source(args.data, skip_bad=args.skip_bad, check_audio=False).classes)
-    teacher = _load_teacher(args, classes)
+    teacher = _load_teacher(paths, args, classes)
     write_run_record(out, "distill", args, _device(args))
     cached = args.teacher_mode == "cached"
     data = load_data(args, deterministic_train=cached)
@@ -477,9 +477,10 @@ def command_cache_teacher(args: argparse.Namespace) -> int:
     from kdcore.engine.checkpoint import fingerprint
 
     out = Path(args.out)
+    paths = teacher_paths(args)  # before the data loads: a missing checkpoint fails fast
     classes = (list(SyntheticAudio.classes) if str(args.data) == SYNTHETIC
                else load_source(args.data, skip_bad=args.skip_bad, check_audio=False).classes)
-    teacher = _load_teacher(args, classes)
+    teacher = _load_teacher(paths, args, classes)
     data = load_data(args, deterministic_train=True)
     print(data.summary, flush=True)
     device = _device(args)

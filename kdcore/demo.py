@@ -219,10 +219,11 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     student_alone = create("student_dscnn", classes, n_mels=config.n_mels,
                            width=config.student_width)
     student_kd = copy.deepcopy(student_alone)  # same initialisation
-    for index in range(1, 0 if trained else config.teachers):
-        torch.manual_seed(config.seed + index)
-        members.append(create("teacher_cnn", classes, n_mels=config.n_mels,
-                              width=config.teacher_width))
+    if not trained:
+        for index in range(1, config.teachers):
+            torch.manual_seed(config.seed + index)
+            members.append(create("teacher_cnn", classes, n_mels=config.n_mels,
+                                  width=config.teacher_width))
     uniform = ConstantTeacher(classes)
     histories, rows, extra = {}, [], {}
     probe = torch.stack([test_set[i].waveform for i in range(min(64, len(test_set)))])
@@ -249,7 +250,6 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
                                      mixup=config.teacher_mixup, seed=config.seed + index)
         histories[name] = history
         teacher_seconds += seconds
-        member.eval()
     if not trained:
         teacher = members[0] if len(members) == 1 else TeacherEnsemble(members)
     teacher.eval()
