@@ -14,8 +14,11 @@ KD closes (mean gain over mean gap). Targets: gain >= 2 points and gap closed >=
     python benchmarks/quality.py --datasets fsdd --seeds 0 --out /tmp/quality.json
     python benchmarks/quality.py --set student_width=32 teacher_epochs=20  # a variant
     python benchmarks/quality.py --merge s0.json s1.json s2.json  # seeds run side by side
+    python benchmarks/quality.py --datasets fsdd --held-out george lucas  # other folds
 
-FSDD is read from ``../shared/data/fsdd`` (or ``--fsdd DIR``) and skipped when absent.
+FSDD is read from ``../shared/data/fsdd`` (or ``--fsdd DIR``) and skipped when absent. Its test
+speaker is ``theo`` unless ``--held-out`` names others: each is a fold of its own, with its own
+teacher, stored under ``<key>_heldout<speaker>``.
 Writes ``benchmarks/results/quality.json`` (merged per dataset) and the per-run reports under
 ``--work`` (default a temporary directory).
 """
@@ -71,17 +74,21 @@ def synthetic_data(config: DemoConfig):
             f"per split, test speakers unseen in training, data seed {DATA_SEED})")
 
 
-def fsdd_data(config: DemoConfig, root: Path):
+def fsdd_data(config: DemoConfig, root: Path, held_out: str = HELD_OUT_SPEAKER):
     from kdcore.data import group_split, load_source
 
     source = load_source(root / "manifest.csv")
-    split = group_split(source.groups("speaker"), test_groups=[HELD_OUT_SPEAKER])
+    speakers = sorted(set(source.groups("speaker")))
+    if held_out not in speakers:
+        raise SystemExit(f"--held-out: no speaker {held_out!r} in {root / 'manifest.csv'}; "
+                         f"speakers: {', '.join(speakers)}")
+    split = group_split(source.groups("speaker"), test_groups=[held_out])
     clip = round(config.duration * config.sample_rate)
     options = {"sample_rate": config.sample_rate, "clip_samples": clip, "preload": True}
     train_set = source.dataset(split["train"], train=True, **options)
     test_set = source.dataset(split["test"], train=False, **options)
     return (train_set, test_set, list(source.classes),
-            f"FSDD, speaker {HELD_OUT_SPEAKER!r} held out")
+            f"FSDD, speaker {held_out!r} held out")
 
 
 def load_teacher(run_dir: Path, config: DemoConfig) -> torch.nn.Module:
@@ -218,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
                         default=["synthetic", "fsdd"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--fsdd", type=Path, default=FSDD)
+    parser.add_argument("--held-out", nargs="+", default=[HELD_OUT_SPEAKER], metavar="SPEAKER",
+                        help=f"FSDD test speaker(s), one fold each (default: "
+                             f"{HELD_OUT_SPEAKER}); a fold other than {HELD_OUT_SPEAKER} is "
+                             f"stored under '<key>_heldout<speaker>'")
     parser.add_argument("--work", type=Path, default=None,
                         help="where the per-run reports go (default: a temporary directory)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -253,30 +264,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="kdcore_quality_"))
-    for name in args.datasets:
-        if name == "fsdd" and not (args.fsdd / "manifest.csv").is_file():
+    folds = [(name, None) for name in args.datasets if name != "fsdd"]
+    if "fsdd" in args.datasets:
+        if (args.fsdd / "manifest.csv").is_file():
+            folds += [("fsdd", speaker) for speaker in args.held_out]
+        else:
             print(f"skipping fsdd: no manifest.csv under {args.fsdd}")
-            continue
+    for name, held_out in folds:
+        fold = name if held_out in (None, HELD_OUT_SPEAKER) else f"{name}_heldout{held_out}"
         runs, teacher = [], None
         recipe = dataclasses.replace(CONFIGS[name], **overrides)
         started = time.perf_counter()
         if args.reuse_teacher is not None:
-            teacher = load_teacher(work / name / f"seed{teacher_seed}", recipe)
+            teacher = load_teacher(work / fold / f"seed{teacher_seed}", recipe)
         for seed in args.seeds:
             config = dataclasses.replace(recipe, seed=seed)
             if name == "fsdd":
-                train_set, test_set, classes, described = fsdd_data(config, args.fsdd)
+                train_set, test_set, classes, described = fsdd_data(config, args.fsdd, held_out)
             else:
                 train_set, test_set, classes, described = synthetic_data(config)
             print(f"\n### {name}, seed {seed}: {described}, {len(train_set)} train / "
                   f"{len(test_set)} test clips", flush=True)
-            result = compare(train_set, test_set, classes, config, work / name / f"seed{seed}",
+            result = compare(train_set, test_set, classes, config, work / fold / f"seed{seed}",
                              progress=False, teacher=teacher)
             if not args.teacher_per_seed:
                 teacher = result["teacher"]
             runs.append(result)
         summary = summarise(runs)
-        print("\n" + format_summary(name + suffix, summary), flush=True)
+        key = name + suffix + ("" if fold == name else fold[len(name):])
+        print("\n" + format_summary(key, summary), flush=True)
         payload = {
             "date": datetime.date.today().isoformat(),
             "dataset": described,
@@ -298,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "torch_threads": torch.get_num_threads(),
                                             "device": "cpu"},
         }
-        merge_results(args.out, name + suffix, payload)
+        merge_results(args.out, key, payload)
     print(f"\nwrote {args.out}")
     return 0
 

@@ -160,3 +160,48 @@ def test_runs_keep_the_ensemble_members_accuracy(tmp_path, monkeypatch):
     assert "teacher_members_accuracy" not in runs[0]
     assert runs[1]["teacher_members_accuracy"] == [0.97, 0.96]
     assert runs[1]["kd_gain_points"] == pytest.approx(2.0)
+
+
+def test_each_held_out_speaker_is_a_fold_with_its_own_key_work_dir_and_teacher(tmp_path,
+                                                                               monkeypatch):
+    calls = []
+
+    def fake_fsdd(config, root, held_out):
+        return [0] * 4, [0] * 2, ["a", "b"], f"FSDD, speaker {held_out!r} held out"
+
+    def fake_compare(train_set, test_set, classes, config, out, progress, teacher):
+        calls.append((out, teacher))
+        return _run(0.98, 0.90, 0.95) | {"gap_closed": 0.625, "teacher": f"teacher of {out}"}
+
+    monkeypatch.setattr(quality, "fsdd_data", fake_fsdd)
+    monkeypatch.setattr(quality, "compare", fake_compare)
+    (tmp_path / "fsdd").mkdir()
+    (tmp_path / "fsdd" / "manifest.csv").write_text("path,label\n")
+    out = tmp_path / "q.json"
+    assert quality.main(["--datasets", "fsdd", "--held-out", "theo", "george", "--seeds", "0",
+                         "1", "--set", "epochs=360", "--fsdd", str(tmp_path / "fsdd"),
+                         "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    stored = json.loads(out.read_text())
+    assert sorted(stored) == ["fsdd_epochs360", "fsdd_epochs360_heldoutgeorge"]
+    assert stored["fsdd_epochs360_heldoutgeorge"]["dataset"] == "FSDD, speaker 'george' held out"
+    work = tmp_path / "work"
+    assert [out for out, _ in calls] == [work / "fsdd" / "seed0", work / "fsdd" / "seed1",
+                                         work / "fsdd_heldoutgeorge" / "seed0",
+                                         work / "fsdd_heldoutgeorge" / "seed1"]
+    # the first seed of each fold trains its teacher; the fold's later seeds reuse it
+    george = work / "fsdd_heldoutgeorge"
+    assert [teacher for _, teacher in calls] == [None, f"teacher of {work / 'fsdd' / 'seed0'}",
+                                                 None, f"teacher of {george / 'seed0'}"]
+
+
+def test_an_unknown_held_out_speaker_exits_naming_the_option(tmp_path):
+    import numpy as np
+    import soundfile
+
+    rows = ["path,label,speaker"]
+    for index, speaker in enumerate(["anna", "bert"]):
+        soundfile.write(tmp_path / f"{index}.wav", np.zeros(800, dtype=np.float32), 8000)
+        rows.append(f"{index}.wav,{index},{speaker}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(SystemExit, match="--held-out: no speaker 'theo' .*speakers: anna, bert"):
+        quality.fsdd_data(quality.CONFIGS["fsdd"], tmp_path, "theo")
