@@ -74,14 +74,20 @@ def synthetic_data(config: DemoConfig):
             f"per split, test speakers unseen in training, data seed {DATA_SEED})")
 
 
+def check_held_out(source, root: Path, held_out: list[str]) -> None:
+    """Exit naming ``--held-out`` unless every name is a speaker of the FSDD manifest."""
+    speakers = sorted(set(source.groups("speaker")))
+    unknown = [name for name in held_out if name not in speakers]
+    if unknown:
+        raise SystemExit(f"--held-out: no speaker {', '.join(map(repr, unknown))} in "
+                         f"{root / 'manifest.csv'}; speakers: {', '.join(speakers)}")
+
+
 def fsdd_data(config: DemoConfig, root: Path, held_out: str = HELD_OUT_SPEAKER):
     from kdcore.data import group_split, load_source
 
     source = load_source(root / "manifest.csv")
-    speakers = sorted(set(source.groups("speaker")))
-    if held_out not in speakers:
-        raise SystemExit(f"--held-out: no speaker {held_out!r} in {root / 'manifest.csv'}; "
-                         f"speakers: {', '.join(speakers)}")
+    check_held_out(source, root, [held_out])
     split = group_split(source.groups("speaker"), test_groups=[held_out])
     clip = round(config.duration * config.sample_rate)
     options = {"sample_rate": config.sample_rate, "clip_samples": clip, "preload": True}
@@ -264,10 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="kdcore_quality_"))
+    held_out = list(dict.fromkeys(args.held_out))
+    if held_out != [HELD_OUT_SPEAKER] and "fsdd" not in args.datasets:
+        raise SystemExit("--held-out names FSDD test speakers; add fsdd to --datasets")
     folds = [(name, None) for name in args.datasets if name != "fsdd"]
     if "fsdd" in args.datasets:
         if (args.fsdd / "manifest.csv").is_file():
-            folds += [("fsdd", speaker) for speaker in args.held_out]
+            from kdcore.data import load_source
+
+            check_held_out(load_source(args.fsdd / "manifest.csv"), args.fsdd, held_out)
+            folds += [("fsdd", speaker) for speaker in held_out]
         else:
             print(f"skipping fsdd: no manifest.csv under {args.fsdd}")
     for name, held_out in folds:

@@ -162,6 +162,20 @@ def test_runs_keep_the_ensemble_members_accuracy(tmp_path, monkeypatch):
     assert runs[1]["kd_gain_points"] == pytest.approx(2.0)
 
 
+def _tiny_fsdd(root: Path, speakers: list[str]) -> Path:
+    """A manifest with one silent 0.1 s clip per speaker (class = the speaker's index)."""
+    import numpy as np
+    import soundfile
+
+    root.mkdir(exist_ok=True)
+    rows = ["path,label,speaker"]
+    for index, speaker in enumerate(speakers):
+        soundfile.write(root / f"{index}.wav", np.zeros(800, dtype=np.float32), 8000)
+        rows.append(f"{index}.wav,{index},{speaker}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
 def test_each_held_out_speaker_is_a_fold_with_its_own_key_work_dir_and_teacher(tmp_path,
                                                                                monkeypatch):
     calls = []
@@ -175,12 +189,12 @@ def test_each_held_out_speaker_is_a_fold_with_its_own_key_work_dir_and_teacher(t
 
     monkeypatch.setattr(quality, "fsdd_data", fake_fsdd)
     monkeypatch.setattr(quality, "compare", fake_compare)
-    (tmp_path / "fsdd").mkdir()
-    (tmp_path / "fsdd" / "manifest.csv").write_text("path,label\n")
+    _tiny_fsdd(tmp_path / "fsdd", ["george", "theo"])
     out = tmp_path / "q.json"
-    assert quality.main(["--datasets", "fsdd", "--held-out", "theo", "george", "--seeds", "0",
-                         "1", "--set", "epochs=360", "--fsdd", str(tmp_path / "fsdd"),
-                         "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert quality.main(["--datasets", "fsdd", "--held-out", "theo", "george", "theo",
+                         "--seeds", "0", "1", "--set", "epochs=360",
+                         "--fsdd", str(tmp_path / "fsdd"), "--work", str(tmp_path / "work"),
+                         "--out", str(out)]) == 0
     stored = json.loads(out.read_text())
     assert sorted(stored) == ["fsdd_epochs360", "fsdd_epochs360_heldoutgeorge"]
     assert stored["fsdd_epochs360_heldoutgeorge"]["dataset"] == "FSDD, speaker 'george' held out"
@@ -195,13 +209,13 @@ def test_each_held_out_speaker_is_a_fold_with_its_own_key_work_dir_and_teacher(t
 
 
 def test_an_unknown_held_out_speaker_exits_naming_the_option(tmp_path):
-    import numpy as np
-    import soundfile
-
-    rows = ["path,label,speaker"]
-    for index, speaker in enumerate(["anna", "bert"]):
-        soundfile.write(tmp_path / f"{index}.wav", np.zeros(800, dtype=np.float32), 8000)
-        rows.append(f"{index}.wav,{index},{speaker}")
-    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    _tiny_fsdd(tmp_path, ["anna", "bert"])
     with pytest.raises(SystemExit, match="--held-out: no speaker 'theo' .*speakers: anna, bert"):
         quality.fsdd_data(quality.CONFIGS["fsdd"], tmp_path, "theo")
+    # checked before any fold runs, every unknown name listed
+    with pytest.raises(SystemExit, match="--held-out: no speaker 'carl', 'dora' in"):
+        quality.main(["--held-out", "anna", "carl", "dora", "--fsdd", str(tmp_path),
+                      "--work", str(tmp_path / "work"), "--out", str(tmp_path / "q.json")])
+    assert not (tmp_path / "work").exists() and not (tmp_path / "q.json").exists()
+    with pytest.raises(SystemExit, match="--held-out names FSDD test speakers; add fsdd"):
+        quality.main(["--datasets", "synthetic", "--held-out", "anna"])
