@@ -15,6 +15,7 @@ KD closes (mean gain over mean gap). Targets: gain >= 2 points and gap closed >=
     python benchmarks/quality.py --set student_width=32 teacher_epochs=20  # a variant
     python benchmarks/quality.py --merge s0.json s1.json s2.json  # seeds run side by side
     python benchmarks/quality.py --datasets fsdd --held-out george lucas  # other folds
+    python benchmarks/quality.py --pool fsdd fsdd_heldoutgeorge --seeds 0 --into fsdd_folds
 
 FSDD is read from ``../shared/data/fsdd`` (or ``--fsdd DIR``) and skipped when absent. Its test
 speaker is ``theo`` unless ``--held-out`` names others: each is a fold of its own, with its own
@@ -225,6 +226,35 @@ def merge_seed_files(files: list[Path], out: Path) -> None:
     print(f"\nwrote {out}")
 
 
+def pool_folds(keys: list[str], into: str, seed: int, out: Path) -> None:
+    """Store under ``into`` of ``out`` one run per key of ``out`` (the run of ``seed``), e.g.
+    the folds of a cross-validation over held-out speakers, with their summary: mean and std
+    over the folds, the gain paired per fold. Refuses a missing key or seed, and keys whose
+    recipes differ."""
+    data = json.loads(out.read_text()) if out.exists() else {}
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise SystemExit(f"--pool: no key {', '.join(map(repr, missing))} in {out}")
+    if len(set(keys)) != len(keys) or into in keys:
+        raise SystemExit("--pool: each key once, and --into must name a new key")
+    runs, folds = [], []
+    for key in keys:
+        entry = data[key]
+        if entry["config"] != data[keys[0]]["config"]:
+            raise SystemExit(f"--pool: {key} has another recipe than {keys[0]}")
+        if seed not in entry["seeds"]:
+            raise SystemExit(f"--pool: {key} has no run of seed {seed} (seeds {entry['seeds']})")
+        runs.append(entry["runs"][entry["seeds"].index(seed)])
+        folds.append({"key": key, "dataset": entry["dataset"], "test_clips": entry["test_clips"],
+                      "teacher": entry["teacher"], "date": entry["date"]})
+    payload = {"date": datetime.date.today().isoformat(), "folds": folds, "seeds": [seed],
+               "config": data[keys[0]]["config"], "runs": runs, "summary": summarise(runs),
+               "note": f"one run (seed {seed}) per fold; mean and std are over the folds"}
+    print("\n" + format_summary(into, payload["summary"]), flush=True)
+    merge_results(out, into, payload)
+    print(f"\nwrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", choices=sorted(CONFIGS),
@@ -254,7 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="FILE",
                         help="run nothing: merge per-seed result files of separate runs "
                              "(written with --out) into --out, 'seconds' summed")
+    parser.add_argument("--pool", nargs="+", default=None, metavar="KEY",
+                        help="run nothing: store one run per KEY of --out (the first of "
+                             "--seeds), e.g. cross-validation folds, under --into, summarised "
+                             "over the keys")
+    parser.add_argument("--into", default=None, metavar="KEY", help="the key --pool writes")
     args = parser.parse_args(argv)
+    if args.pool:
+        if not args.into:
+            raise SystemExit("--pool needs --into KEY (the key to write)")
+        pool_folds(args.pool, args.into, args.seeds[0], args.out)
+        return 0
     if args.merge:
         merge_seed_files(args.merge, args.out)
         return 0

@@ -219,3 +219,39 @@ def test_an_unknown_held_out_speaker_exits_naming_the_option(tmp_path):
     assert not (tmp_path / "work").exists() and not (tmp_path / "q.json").exists()
     with pytest.raises(SystemExit, match="--held-out names FSDD test speakers; add fsdd"):
         quality.main(["--datasets", "synthetic", "--held-out", "anna"])
+
+
+def _entry(seeds: list[int], runs: list[dict], config: dict | None = None) -> dict:
+    return {"date": "2026-11-24", "dataset": "FSDD", "test_clips": 500, "seeds": seeds,
+            "teacher": "trained once (seed 0)", "config": config or {"epochs": 360},
+            "runs": runs, "summary": quality.summarise(runs)}
+
+
+def test_pool_takes_one_seed_per_fold_and_summarises_over_the_folds(tmp_path):
+    out = tmp_path / "q.json"
+    out.write_text(json.dumps({
+        "fsdd": _entry([0, 1], [_run(0.97, 0.93, 0.95), _run(0.97, 0.90, 0.96)]),
+        "fsdd_heldoutgeorge": _entry([0], [_run(0.91, 0.91, 0.90)]),
+        "other": _entry([0], [_run(0.9, 0.8, 0.85)], {"epochs": 60}),
+    }))
+    assert quality.main(["--pool", "fsdd", "fsdd_heldoutgeorge", "--into", "folds",
+                         "--seeds", "0", "--out", str(out)]) == 0
+    pooled = json.loads(out.read_text())["folds"]
+    assert [fold["key"] for fold in pooled["folds"]] == ["fsdd", "fsdd_heldoutgeorge"]
+    summary = pooled["summary"]
+    # gains +2 and -1 points; gaps 4 and 0 points: mean gain 0.5 over mean gap 2
+    assert summary["kd_gain_points"]["values"] == pytest.approx([2.0, -1.0])
+    assert summary["kd_gain_points"]["std"] == pytest.approx(2.1213203, abs=1e-6)
+    assert summary["gap_closed"] == pytest.approx(0.25)
+    assert summary["student alone"]["accuracy"]["mean"] == pytest.approx(92.0)
+    with pytest.raises(SystemExit, match="no run of seed 1"):
+        quality.main(["--pool", "fsdd", "fsdd_heldoutgeorge", "--into", "x", "--seeds", "1",
+                      "--out", str(out)])
+    with pytest.raises(SystemExit, match="other has another recipe"):
+        quality.main(["--pool", "fsdd", "other", "--into", "x", "--seeds", "0",
+                      "--out", str(out)])
+    with pytest.raises(SystemExit, match="no key 'nobody'"):
+        quality.main(["--pool", "fsdd", "nobody", "--into", "x", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--pool needs --into"):
+        quality.main(["--pool", "fsdd", "--out", str(out)])
+    assert "x" not in json.loads(out.read_text())
