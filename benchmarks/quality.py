@@ -230,7 +230,9 @@ def pool_folds(keys: list[str], into: str, seed: int, out: Path) -> None:
     """Store under ``into`` of ``out`` one run per key of ``out`` (the run of ``seed``), e.g.
     the folds of a cross-validation over held-out speakers, with their summary: mean and std
     over the folds, the gain paired per fold. Refuses a missing key or seed, and keys whose
-    recipes differ."""
+    recipes differ; a field that an older entry lacks (added to :class:`DemoConfig` since)
+    counts as its default."""
+    defaults = dataclasses.asdict(FULL) | {"seed": "per run"}
     data = json.loads(out.read_text()) if out.exists() else {}
     missing = [key for key in keys if key not in data]
     if missing:
@@ -240,7 +242,7 @@ def pool_folds(keys: list[str], into: str, seed: int, out: Path) -> None:
     runs, folds = [], []
     for key in keys:
         entry = data[key]
-        if entry["config"] != data[keys[0]]["config"]:
+        if defaults | entry["config"] != defaults | data[keys[0]]["config"]:
             raise SystemExit(f"--pool: {key} has another recipe than {keys[0]}")
         if seed not in entry["seeds"]:
             raise SystemExit(f"--pool: {key} has no run of seed {seed} (seeds {entry['seeds']})")
@@ -248,7 +250,8 @@ def pool_folds(keys: list[str], into: str, seed: int, out: Path) -> None:
         folds.append({"key": key, "dataset": entry["dataset"], "test_clips": entry["test_clips"],
                       "teacher": entry["teacher"], "date": entry["date"]})
     payload = {"date": datetime.date.today().isoformat(), "folds": folds, "seeds": [seed],
-               "config": data[keys[0]]["config"], "runs": runs, "summary": summarise(runs),
+               "config": defaults | data[keys[0]]["config"], "runs": runs,
+               "summary": summarise(runs),
                "note": f"one run (seed {seed}) per fold; mean and std are over the folds"}
     print("\n" + format_summary(into, payload["summary"]), flush=True)
     merge_results(out, into, payload)

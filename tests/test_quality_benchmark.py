@@ -234,6 +234,12 @@ def test_pool_takes_one_seed_per_fold_and_summarises_over_the_folds(tmp_path):
         "fsdd_heldoutgeorge": _entry([0], [_run(0.91, 0.91, 0.90)]),
         "other": _entry([0], [_run(0.9, 0.8, 0.85)], {"epochs": 60}),
     }))
+    # an entry written before DemoConfig had a field pools with one that records its default
+    data = json.loads(out.read_text())
+    data["fsdd"]["config"] = {"epochs": 360}
+    data["fsdd_heldoutgeorge"]["config"] = {"epochs": 360, "teachers": 1}
+    data["other"]["config"] = {"epochs": 360, "teachers": 2}
+    out.write_text(json.dumps(data))
     assert quality.main(["--pool", "fsdd", "fsdd_heldoutgeorge", "--into", "folds",
                          "--seeds", "0", "--out", str(out)]) == 0
     pooled = json.loads(out.read_text())["folds"]
@@ -247,6 +253,7 @@ def test_pool_takes_one_seed_per_fold_and_summarises_over_the_folds(tmp_path):
     with pytest.raises(SystemExit, match="no run of seed 1"):
         quality.main(["--pool", "fsdd", "fsdd_heldoutgeorge", "--into", "x", "--seeds", "1",
                       "--out", str(out)])
+    assert pooled["config"]["teachers"] == 1 and pooled["config"]["epochs"] == 360
     with pytest.raises(SystemExit, match="other has another recipe"):
         quality.main(["--pool", "fsdd", "other", "--into", "x", "--seeds", "0",
                       "--out", str(out)])
