@@ -42,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, merge_results  # noqa: E402
 
+from kdcore.data import AudioSource, group_split, load_source  # noqa: E402
 from kdcore.demo import FULL, DemoConfig, compare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +76,7 @@ def synthetic_data(config: DemoConfig):
             f"per split, test speakers unseen in training, data seed {DATA_SEED})")
 
 
-def check_held_out(source, root: Path, held_out: list[str]) -> None:
+def check_held_out(source: AudioSource, root: Path, held_out: list[str]) -> None:
     """Exit naming ``--held-out`` unless every name is a speaker of the FSDD manifest."""
     speakers = sorted(set(source.groups("speaker")))
     unknown = [name for name in held_out if name not in speakers]
@@ -85,8 +86,6 @@ def check_held_out(source, root: Path, held_out: list[str]) -> None:
 
 
 def fsdd_data(config: DemoConfig, root: Path, held_out: str = HELD_OUT_SPEAKER):
-    from kdcore.data import group_split, load_source
-
     source = load_source(root / "manifest.csv")
     check_held_out(source, root, [held_out])
     split = group_split(source.groups("speaker"), test_groups=[held_out])
@@ -181,13 +180,13 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
-def format_summary(name: str, summary: dict) -> str:
+def format_summary(name: str, summary: dict, over: str = "seeds") -> str:
     lines = [f"{name}:"]
     for model in [key for key, value in summary.items() if isinstance(value, dict)
                   and "macro_f1" in value]:
         accuracy = summary[model]["accuracy"]
         lines.append(f"  {model:<14} {accuracy['mean']:6.2f} ± {accuracy['std']:.2f} %  "
-                     f"(seeds: {', '.join(f'{v:.1f}' for v in accuracy['values'])})")
+                     f"({over}: {', '.join(f'{v:.1f}' for v in accuracy['values'])})")
     gain = summary["kd_gain_points"]
     closed = summary["gap_closed"]
     lines.append(f"  KD gain {gain['mean']:+.2f} ± {gain['std']:.2f} points; gap closed "
@@ -253,7 +252,7 @@ def pool_folds(keys: list[str], into: str, seed: int, out: Path) -> None:
                "config": defaults | data[keys[0]]["config"], "runs": runs,
                "summary": summarise(runs),
                "note": f"one run (seed {seed}) per fold; mean and std are over the folds"}
-    print("\n" + format_summary(into, payload["summary"]), flush=True)
+    print("\n" + format_summary(into, payload["summary"], over="folds"), flush=True)
     merge_results(out, into, payload)
     print(f"\nwrote {out}")
 
@@ -313,16 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="kdcore_quality_"))
-    held_out = list(dict.fromkeys(args.held_out))
-    if held_out != [HELD_OUT_SPEAKER] and "fsdd" not in args.datasets:
+    held_out_speakers = list(dict.fromkeys(args.held_out))
+    if held_out_speakers != [HELD_OUT_SPEAKER] and "fsdd" not in args.datasets:
         raise SystemExit("--held-out names FSDD test speakers; add fsdd to --datasets")
     folds = [(name, None) for name in args.datasets if name != "fsdd"]
     if "fsdd" in args.datasets:
         if (args.fsdd / "manifest.csv").is_file():
-            from kdcore.data import load_source
-
-            check_held_out(load_source(args.fsdd / "manifest.csv"), args.fsdd, held_out)
-            folds += [("fsdd", speaker) for speaker in held_out]
+            check_held_out(load_source(args.fsdd / "manifest.csv"), args.fsdd,
+                           held_out_speakers)
+            folds += [("fsdd", speaker) for speaker in held_out_speakers]
         else:
             print(f"skipping fsdd: no manifest.csv under {args.fsdd}")
     for name, held_out in folds:
