@@ -238,10 +238,11 @@ def pool_folds(keys: list[str], into: str, seed: int, out: Path) -> None:
         raise SystemExit(f"--pool: no key {', '.join(map(repr, missing))} in {out}")
     if len(set(keys)) != len(keys) or into in keys:
         raise SystemExit("--pool: each key once, and --into must name a new key")
+    recipe = defaults | data[keys[0]]["config"]
     runs, folds = [], []
     for key in keys:
         entry = data[key]
-        if defaults | entry["config"] != defaults | data[keys[0]]["config"]:
+        if defaults | entry["config"] != recipe:
             raise SystemExit(f"--pool: {key} has another recipe than {keys[0]}")
         if seed not in entry["seeds"]:
             raise SystemExit(f"--pool: {key} has no run of seed {seed} (seeds {entry['seeds']})")
@@ -249,7 +250,7 @@ def pool_folds(keys: list[str], into: str, seed: int, out: Path) -> None:
         folds.append({"key": key, "dataset": entry["dataset"], "test_clips": entry["test_clips"],
                       "teacher": entry["teacher"], "date": entry["date"]})
     payload = {"date": datetime.date.today().isoformat(), "folds": folds, "seeds": [seed],
-               "config": defaults | data[keys[0]]["config"], "runs": runs,
+               "config": recipe, "runs": runs,
                "summary": summarise(runs),
                "note": f"one run (seed {seed}) per fold; mean and std are over the folds"}
     print("\n" + format_summary(into, payload["summary"], over="folds"), flush=True)

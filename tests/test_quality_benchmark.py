@@ -229,17 +229,13 @@ def _entry(seeds: list[int], runs: list[dict], config: dict | None = None) -> di
 
 def test_pool_takes_one_seed_per_fold_and_summarises_over_the_folds(tmp_path):
     out = tmp_path / "q.json"
+    # an entry written before DemoConfig had a field pools with one that records its default
     out.write_text(json.dumps({
         "fsdd": _entry([0, 1], [_run(0.97, 0.93, 0.95), _run(0.97, 0.90, 0.96)]),
-        "fsdd_heldoutgeorge": _entry([0], [_run(0.91, 0.91, 0.90)]),
-        "other": _entry([0], [_run(0.9, 0.8, 0.85)], {"epochs": 60}),
+        "fsdd_heldoutgeorge": _entry([0], [_run(0.91, 0.91, 0.90)],
+                                     {"epochs": 360, "teachers": 1}),
+        "other": _entry([0], [_run(0.9, 0.8, 0.85)], {"epochs": 360, "teachers": 2}),
     }))
-    # an entry written before DemoConfig had a field pools with one that records its default
-    data = json.loads(out.read_text())
-    data["fsdd"]["config"] = {"epochs": 360}
-    data["fsdd_heldoutgeorge"]["config"] = {"epochs": 360, "teachers": 1}
-    data["other"]["config"] = {"epochs": 360, "teachers": 2}
-    out.write_text(json.dumps(data))
     assert quality.main(["--pool", "fsdd", "fsdd_heldoutgeorge", "--into", "folds",
                          "--seeds", "0", "--out", str(out)]) == 0
     pooled = json.loads(out.read_text())["folds"]
