@@ -10,8 +10,11 @@ import soundfile
 import torch
 
 from kdcore.data import (
+    UNLABELLED,
+    AudioExample,
     AudioReadError,
     ManifestError,
+    TransferSet,
     center_crop,
     collate_audio,
     group_split,
@@ -91,6 +94,24 @@ def test_crops_and_collate():
     assert batch.indices.tolist() == [7, 1]
     waves, labels, indices = batch[:3]
     assert indices is batch.indices and set(batch.as_dict()) == {"waveform", "label", "index"}
+
+
+def test_transfer_set_marks_the_unlabelled_part_and_renumbers_indices():
+    labelled = [AudioExample(torch.full((4,), float(i)), i % 3, i) for i in range(5)]
+    unlabelled = [AudioExample(torch.full((4,), 10.0 + i), 2, i) for i in range(3)]
+    transfer = TransferSet(labelled, unlabelled)
+    assert len(transfer) == 8
+    items = [transfer[i] for i in range(8)]
+    assert [item.label for item in items] == [0, 1, 2, 0, 1] + [UNLABELLED] * 3
+    assert [item.index for item in items] == list(range(8))
+    assert [float(item.waveform[0]) for item in items] == [0, 1, 2, 3, 4, 10, 11, 12]
+    assert transfer[-1].waveform[0] == 12.0 and transfer[-1].index == 7
+    batch = collate_audio(items[3:7])
+    assert batch.labels.tolist() == [0, 1, UNLABELLED, UNLABELLED]
+    with pytest.raises(IndexError, match="8 items"):
+        transfer[8]
+    with pytest.raises(ValueError, match="unlabelled"):
+        TransferSet(labelled, [])
 
 
 def _class_folder(root: Path) -> Path:

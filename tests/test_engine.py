@@ -364,6 +364,71 @@ def test_mixup_online_teacher_sees_the_mixed_view_and_labels_mix(monkeypatch, al
                                    start[name] - 0.1 * parameter.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("mix", [0.0, 0.4])
+def test_unlabelled_rows_train_on_the_distillation_term_alone(monkeypatch, mix):
+    """Rows labelled ``UNLABELLED`` (-1) add ``T^2*KL`` with weight 1 and no CE term; an
+    ignored row (-100) drops out; the mean runs over the rows that count. With mixup a row
+    whose partner is unlabelled is distilled only, one whose partner is ignored drops out.
+    One SGD step against a float64 step."""
+    from kdcore.data import UNLABELLED
+
+    draws = _recording_mixup(monkeypatch)
+    data = ClusterDataset(16, seed=5)
+    data.labels[[1, 6, 7, 12]] = UNLABELLED
+    data.labels[3] = -100
+    teacher, student = make_pair()
+    start = {name: p.detach().double().clone() for name, p in student.named_parameters()}
+    alpha = 0.3
+    distiller = Distiller(teacher, student, temperature=2.0, alpha=alpha, mixup=mix,
+                          optimizer="sgd", lr=0.1, weight_decay=0.0, schedule="constant",
+                          **QUIET)
+    distiller.fit(loader(data, 16, shuffle=False), epochs=1)
+
+    labels = data.labels.clone()
+    inputs64 = data.inputs.double()
+    lam64 = torch.ones(16, dtype=torch.float64)
+    partner = labels.clone()
+    if mix:
+        _, lam, perm = draws[0]
+        lam64 = lam.double()
+        partner = labels[perm]
+        inputs64 = lam64[:, None] * inputs64 + (1 - lam64[:, None]) * inputs64[perm]
+    dropped = (labels == -100) | (partner == -100)
+    distil_only = ~dropped & ((labels == UNLABELLED) | (partner == UNLABELLED))
+    labelled = ~dropped & ~distil_only
+    assert labelled.sum() >= 4 and distil_only.sum() >= 2 and dropped.sum() >= 1
+
+    reference_teacher, reference_student = make_pair()
+    reference_student.double()
+    with torch.no_grad():
+        t = reference_teacher.double()(inputs64)
+    s = reference_student(inputs64)
+    log_p_t, log_p_s = torch.log_softmax(t / 2, -1), torch.log_softmax(s / 2, -1)
+    kd = 4 * (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+    log_q = torch.log_softmax(s, -1)
+    ce_a = -log_q.gather(1, labels.clamp(min=0)[:, None])[:, 0]
+    ce_b = -log_q.gather(1, partner.clamp(min=0)[:, None])[:, 0]
+    ce = lam64 * ce_a + (1 - lam64) * ce_b
+    per_row = torch.where(labelled, alpha * kd + (1 - alpha) * ce,
+                          torch.where(distil_only, kd, 0.0))
+    (per_row.sum() / (~dropped).sum()).backward()
+    for name, parameter in reference_student.named_parameters():
+        torch.testing.assert_close(distiller.student.get_parameter(name).double(),
+                                   start[name] - 0.1 * parameter.grad, rtol=1e-4, atol=1e-6)
+
+    metrics = distiller.evaluate(loader(data, 16, shuffle=False))
+    with torch.no_grad():
+        s_after = copy.deepcopy(distiller.student).double()(data.inputs.double())
+        t_clean = reference_teacher(data.inputs.double())
+    kept = labels != -100
+    known = kept & (labels != UNLABELLED)
+    kd_after = kd_rows64(s_after.numpy(), t_clean.numpy(), 2.0)
+    assert metrics["kd_loss"] == pytest.approx(kd_after[kept.numpy()].mean(), rel=1e-4)
+    predicted = s_after.argmax(-1)
+    assert metrics["accuracy"] == pytest.approx(
+        (predicted[known] == labels[known]).double().mean().item())
+
+
 @pytest.mark.parametrize("task", ["multiclass", "multilabel"])
 def test_mixup_cached_stores_clean_outputs_and_mixes_distributions(tmp_path, task):
     """The cache holds the teacher's outputs of the clean items; a mixed step's targets are

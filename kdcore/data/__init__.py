@@ -4,10 +4,12 @@ the embedded :class:`SyntheticAudio` set and on-device augmentation."""
 from kdcore.data import augment
 from kdcore.data.audio import (
     AUDIO_EXTENSIONS,
+    UNLABELLED,
     AudioBatch,
     AudioExample,
     AudioFileDataset,
     AudioReadError,
+    TransferSet,
     center_crop,
     collate_audio,
     probe_audio,
@@ -28,6 +30,7 @@ from kdcore.data.synthetic import SyntheticAudio
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "UNLABELLED",
     "AudioBatch",
     "AudioExample",
     "AudioFileDataset",
@@ -38,6 +41,7 @@ __all__ = [
     "SkippedEntry",
     "SpecAugment",
     "SyntheticAudio",
+    "TransferSet",
     "WaveAugment",
     "augment",
     "center_crop",

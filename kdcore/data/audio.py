@@ -19,6 +19,9 @@ import torch
 from torch.utils.data import Dataset
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+# The label of a clip without one: kdcore.Distiller trains on it with the distillation term
+# alone (an unlabelled transfer set, see Unlabelled).
+UNLABELLED = -1
 
 
 class AudioReadError(ValueError):
@@ -125,6 +128,35 @@ def collate_audio(batch: Sequence[AudioExample]) -> AudioBatch:
     labels = torch.tensor([int(item[1]) for item in batch], dtype=torch.long)
     indices = torch.tensor([int(item[2]) for item in batch], dtype=torch.long)
     return AudioBatch(waveforms, labels, indices, lengths)
+
+
+class TransferSet(Dataset):
+    """``labelled`` followed by ``unlabelled`` (any datasets of :class:`AudioExample`): item
+    ``i`` is ``labelled[i]``, then ``unlabelled[i - len(labelled)]`` with label
+    :data:`UNLABELLED`; every item's ``index`` is its position here, so a teacher cache keys
+    both parts apart. :class:`kdcore.Distiller` trains on the unlabelled clips with the
+    distillation term alone (the teacher labels them: a transfer set, Hinton et al. 2015)."""
+
+    def __init__(self, labelled: Dataset, unlabelled: Dataset) -> None:
+        for name, part in (("labelled", labelled), ("unlabelled", unlabelled)):
+            if not hasattr(part, "__len__") or len(part) == 0:
+                raise ValueError(f"{name} must be a non-empty sized dataset")
+        self.labelled, self.unlabelled = labelled, unlabelled
+
+    def __len__(self) -> int:
+        return len(self.labelled) + len(self.unlabelled)
+
+    def __getitem__(self, index: int) -> AudioExample:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        if index < len(self.labelled):
+            waveform, label, _ = self.labelled[index][:3]
+        else:
+            waveform, label, _ = self.unlabelled[index - len(self.labelled)][:3]
+            label = UNLABELLED
+        return AudioExample(waveform, int(label), index)
 
 
 class AudioFileDataset(Dataset):

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcore._backends import BACKENDS
+from kdcore.data.audio import UNLABELLED
 from kdcore.data.augment import mix_targets, mixup
 from kdcore.engine import batches as batching
 from kdcore.engine import checkpoint as ckpt
@@ -112,7 +113,10 @@ class Distiller:
             models' input on the device, run in fp32 without grad; None feeds inputs directly.
         temperature, alpha, kd_kind: the distillation loss, :func:`kdcore.kd_loss`
             (``T^2 * KL``, ``alpha*KD + (1-alpha)*CE`` when batches carry labels) or, for
-            ``"multilabel"``, :func:`kdcore.kd_bce_loss`.
+            ``"multilabel"``, :func:`kdcore.kd_bce_loss`. A row (multiclass) or frame labelled
+            ``kdcore.data.UNLABELLED`` (-1) adds ``T^2 * KL`` alone, weight 1, as a batch
+            without labels does (an unlabelled transfer set, ``kdcore.data.TransferSet``); one
+            labelled -100 drops out of every term.
         task: ``"multiclass"``, ``"multilabel"`` or ``"frame"`` (per-frame classes with a
             (B, T) ``mask`` or ``lengths``).
         feature_pairs: ``[(student_module_path, teacher_module_path), ...]``; outputs are
@@ -255,6 +259,7 @@ class Distiller:
 
         self.num_classes: int | None = None
         self._labels_checked = False
+        self._maybe_unlabelled = True
         self.teacher_shapes: dict[str, tuple[int, ...]] = {}
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -327,16 +332,21 @@ class Distiller:
         value checks (a sync on a GPU) are then skipped for this batch."""
         labels = batch.labels
         self._labels_checked = labels is None or labels.device.type == "cpu"
+        # Unknown for labels already on the device: the distillation-only term then always runs.
+        self._maybe_unlabelled = not self._labels_checked
         if labels is not None and self._labels_checked and labels.numel():
             if self.task == "multilabel":
                 if bool(((labels < 0) | (labels > 1)).any()):
                     raise ValueError("batch 'label' for task='multilabel' must be in [0, 1]")
             else:
-                kept = labels[labels != IGNORE_INDEX]
+                unlabelled = labels == UNLABELLED
+                self._maybe_unlabelled = bool(unlabelled.any())
+                kept = labels[(labels != IGNORE_INDEX) & ~unlabelled]
                 if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= self.num_classes):
                     raise ValueError(
-                        f"batch 'label' must hold class ids in [0, {self.num_classes}) or "
-                        f"{IGNORE_INDEX}, got values in [{int(kept.min())}, {int(kept.max())}]")
+                        f"batch 'label' must hold class ids in [0, {self.num_classes}), "
+                        f"{UNLABELLED} (unlabelled) or {IGNORE_INDEX} (ignored), got values in "
+                        f"[{int(kept.min())}, {int(kept.max())}]")
         return batching.to_device(batch, self.device)
 
     def _mix_batch(self, batch: batching.Batch) -> tuple[batching.Batch, Mix]:
@@ -416,6 +426,14 @@ class Distiller:
                 if labels is not None and mix is not None:
                     partner_labels = labels[mix.perm]
                     labels = torch.where(partner_labels == IGNORE_INDEX, IGNORE_INDEX, labels)
+                    labels = torch.where(
+                        (partner_labels == UNLABELLED) & (labels != IGNORE_INDEX), UNLABELLED,
+                        labels)
+                distil_only = None
+                if labels is not None and self._maybe_unlabelled:
+                    distil_only = labels == UNLABELLED
+                    distil_mask = distil_only if mask is None else distil_only & mask
+                    labels = torch.where(distil_only, IGNORE_INDEX, labels)
                 loss_sum = kd_loss(student, teacher_logits, temperature=self.temperature,
                                    kind=self.kd_kind, labels=labels, alpha=self.alpha,
                                    ignore_index=IGNORE_INDEX, mask=mask, reduction="sum",
@@ -432,6 +450,12 @@ class Distiller:
                     shift = (1.0 - mix.lam) * (own - other)
                     loss_sum = loss_sum + (1.0 - self.alpha) * torch.where(
                         valid, shift, 0.0).sum()
+                if distil_only is not None:  # unlabelled rows: the KD term alone, weight 1
+                    loss_sum = loss_sum + kd_loss(
+                        student, teacher_logits, temperature=self.temperature,
+                        kind=self.kd_kind, mask=distil_mask, reduction="sum",
+                        backend=self._loss_backend)
+                    valid = valid | distil_mask
                 per_row = 1
             if valid is None:
                 rows = torch.full((), float(lead_shape.numel() * per_row), device=self.device)
@@ -900,6 +924,7 @@ class Distiller:
             module.eval()
         meter = None
         samples = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._maybe_unlabelled = True
         try:
             for raw in shard:
                 self._prepare(raw)
@@ -955,13 +980,14 @@ class Distiller:
         labels = labels.long()
         kept = labels != IGNORE_INDEX
         valid = kept if mask is None else kept & mask
+        labelled = valid & (labels != UNLABELLED)
         kd = kd_loss(student, teacher, temperature=self.temperature, kind=self.kd_kind,
                      mask=valid, reduction="sum", backend=self._loss_backend)
         cross_entropy = torch.nn.functional.cross_entropy(
-            student.reshape(-1, student.shape[-1]), torch.where(valid, labels, 0).reshape(-1),
-            reduction="none")
+            student.reshape(-1, student.shape[-1]),
+            torch.where(labelled, labels, 0).reshape(-1), reduction="none")
         meter.add_sum("kd_loss", kd)
-        meter.add_sum("ce_loss", torch.where(valid.reshape(-1), cross_entropy, 0.0).sum())
+        meter.add_sum("ce_loss", torch.where(labelled.reshape(-1), cross_entropy, 0.0).sum())
         meter.add_predictions(student_logits, labels, mask)
 
 
