@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, merge_results  # noqa: E402
 
 from kdcore.data import AudioSource, group_split, load_source  # noqa: E402
-from kdcore.demo import FULL, DemoConfig, compare  # noqa: E402
+from kdcore.demo import FULL, DemoConfig, compare, synthetic_transfer_set  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
@@ -68,12 +68,17 @@ def synthetic_data(config: DemoConfig):
                  "duration": config.duration, "speakers": config.speakers}
     train_set = SyntheticAudio(config.train_clips, split="train", **data_args)
     test_set = SyntheticAudio(config.test_clips, split="test", **data_args)
-    for dataset in (train_set, test_set):
+    transfer_set = (synthetic_transfer_set(config, DATA_SEED) if config.transfer_clips
+                    else None)
+    for dataset in (train_set, test_set, transfer_set or []):
         for index in range(len(dataset)):
             dataset[index]  # generate once; the cache serves every epoch
+    unlabelled = (f"; KD adds {config.transfer_clips} unlabelled clips, a new voice each "
+                  f"(data seed {DATA_SEED + 1})" if transfer_set else "")
     return (train_set, test_set, list(train_set.classes),
             f"SyntheticAudio ({train_set.num_classes} classes, {train_set.speakers} speakers "
-            f"per split, test speakers unseen in training, data seed {DATA_SEED})")
+            f"per split, test speakers unseen in training, data seed {DATA_SEED}{unlabelled})",
+            transfer_set)
 
 
 def check_held_out(source: AudioSource, root: Path, held_out: list[str]) -> None:
@@ -94,7 +99,7 @@ def fsdd_data(config: DemoConfig, root: Path, held_out: str = HELD_OUT_SPEAKER):
     train_set = source.dataset(split["train"], train=True, **options)
     test_set = source.dataset(split["test"], train=False, **options)
     return (train_set, test_set, list(source.classes),
-            f"FSDD, speaker {held_out!r} held out")
+            f"FSDD, speaker {held_out!r} held out", None)
 
 
 def load_teacher(run_dir: Path, config: DemoConfig) -> torch.nn.Module:
@@ -302,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         merge_seed_files(args.merge, args.out)
         return 0
     overrides = parse_overrides(args.set)
+    if overrides.get("transfer_clips") and "fsdd" in args.datasets:
+        raise SystemExit("--set transfer_clips: FSDD has no unlabelled clips; run it with "
+                         "--datasets synthetic")
     teacher_seed = args.seeds[0]
     if args.reuse_teacher not in (None, "first"):
         try:
@@ -334,13 +342,14 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             config = dataclasses.replace(recipe, seed=seed)
             if name == "fsdd":
-                train_set, test_set, classes, described = fsdd_data(config, args.fsdd, held_out)
+                train_set, test_set, classes, described, transfer_set = fsdd_data(
+                    config, args.fsdd, held_out)
             else:
-                train_set, test_set, classes, described = synthetic_data(config)
+                train_set, test_set, classes, described, transfer_set = synthetic_data(config)
             print(f"\n### {name}, seed {seed}: {described}, {len(train_set)} train / "
                   f"{len(test_set)} test clips", flush=True)
             result = compare(train_set, test_set, classes, config, work / fold / f"seed{seed}",
-                             progress=False, teacher=teacher)
+                             progress=False, teacher=teacher, transfer_set=transfer_set)
             if not args.teacher_per_seed:
                 teacher = result["teacher"]
             runs.append(result)

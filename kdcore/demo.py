@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdcore.data import SpecAugment, SyntheticAudio, WaveAugment, collate_audio
+from kdcore.data import SpecAugment, SyntheticAudio, TransferSet, WaveAugment, collate_audio
 from kdcore.models import TeacherEnsemble, create
 
 
@@ -31,7 +32,10 @@ from kdcore.models import TeacherEnsemble, create
 class DemoConfig:
     """Sizes and recipe of one demo run (see ``QUICK`` and ``FULL``). With ``teachers`` > 1
     the teacher is a :class:`kdcore.models.TeacherEnsemble` of that many ``teacher_cnn``
-    members; member k >= 1 is initialised and trained with seed ``seed + k``."""
+    members; member k >= 1 is initialised and trained with seed ``seed + k``. With
+    ``transfer_clips`` > 0 the KD student also trains on that many unlabelled clips
+    (:class:`kdcore.data.TransferSet`: the teacher labels them, the KD term alone) and takes
+    fewer epochs over the larger set, as many optimizer steps as the students alone."""
 
     train_clips: int
     test_clips: int
@@ -54,6 +58,7 @@ class DemoConfig:
     mixup: float = 0.0
     teacher_mixup: float = 0.0
     mixup_control: bool = True
+    transfer_clips: int = 0
     seed: int = 0
 
 
@@ -62,6 +67,27 @@ QUICK = DemoConfig(train_clips=1536, test_clips=384, epochs=20, teacher_epochs=1
 # The full demo: students 120 epochs, KD on mixup 0.4 views (teacher on the same mixed view), a
 # student alone with and without mixup as controls (benchmarks/quality.py runs it on 3 seeds).
 FULL = DemoConfig(train_clips=2048, test_clips=512, epochs=120, teacher_epochs=60, mixup=0.4)
+
+
+def synthetic_transfer_set(config: DemoConfig, data_seed: int) -> SyntheticAudio:
+    """``config.transfer_clips`` SyntheticAudio clips of data seed ``data_seed + 1`` with a new
+    voice per clip: none of them is a speaker of any split of ``data_seed``. Used unlabelled."""
+    return SyntheticAudio(config.transfer_clips, split="train", seed=data_seed + 1,
+                          sample_rate=config.sample_rate, duration=config.duration,
+                          speakers=None)
+
+
+def kd_epochs(config: DemoConfig, train_clips: int) -> int:
+    """Epochs of the KD student over ``train_clips + config.transfer_clips`` clips that give
+    it the optimizer steps of ``config.epochs`` epochs over ``train_clips``; ValueError naming
+    ``transfer_clips`` when they cannot be equal."""
+    steps = math.ceil(train_clips / config.batch_size) * config.epochs
+    per_epoch = math.ceil((train_clips + config.transfer_clips) / config.batch_size)
+    if steps % per_epoch:
+        raise ValueError(f"transfer_clips={config.transfer_clips}: {per_epoch} batches per "
+                         f"epoch do not divide the {steps} optimizer steps of the students "
+                         "alone; choose a multiple of the training clips")
+    return steps // per_epoch
 
 
 class ConstantTeacher(nn.Module):
@@ -146,12 +172,14 @@ def _plot_curves(histories: dict[str, object], path: Path) -> None:
 
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
     for name, history in histories.items():
-        epochs = [record["epoch"] + 1 for record in history.epochs]
-        loss_axes.plot(epochs, history.metric("train_loss"), label=name)
-        accuracy_axes.plot(epochs, [100 * a for a in history.metric("val_accuracy")],
+        # Optimizer steps, not epochs: a KD student with a transfer set takes fewer epochs.
+        steps = [record["step"] for record in history.epochs]
+        loss_axes.plot(steps, history.metric("train_loss"), label=name)
+        accuracy_axes.plot(steps, [100 * a for a in history.metric("val_accuracy")],
                            label=name)
-    loss_axes.set(xlabel="epoch", ylabel="training loss", title="training loss")
-    accuracy_axes.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    loss_axes.set(xlabel="optimizer step", ylabel="training loss", title="training loss")
+    accuracy_axes.set(xlabel="optimizer step", ylabel="test accuracy (%)",
+                      title="test accuracy")
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
         axes.legend()
@@ -174,14 +202,17 @@ def run_demo(*, quick: bool = False, out_dir: str | Path = "kdcore_demo",
                  "duration": config.duration, "speakers": config.speakers}
     train_set = SyntheticAudio(config.train_clips, split="train", **data_args)
     test_set = SyntheticAudio(config.test_clips, split="test", **data_args)
+    transfer_set = (synthetic_transfer_set(config, config.seed) if config.transfer_clips
+                    else None)
     print(f"SyntheticAudio: {len(train_set)} train / {len(test_set)} test clips, "
-          f"{train_set.num_classes} classes, {config.duration} s at {config.sample_rate} Hz",
+          f"{train_set.num_classes} classes, {config.duration} s at {config.sample_rate} Hz"
+          + (f", {config.transfer_clips} unlabelled clips for KD" if transfer_set else ""),
           flush=True)
-    for dataset in (train_set, test_set):
+    for dataset in (train_set, test_set, transfer_set or []):
         for index in range(len(dataset)):
             dataset[index]  # generate once; the cache serves every epoch
     results = compare(train_set, test_set, list(train_set.classes), config, out_dir,
-                      progress=progress, started=started)
+                      progress=progress, started=started, transfer_set=transfer_set)
     print()
     print(format_table(results))
     print(f"\nreports, confusion matrices and curves in {Path(out_dir)}/ "
@@ -191,7 +222,8 @@ def run_demo(*, quick: bool = False, out_dir: str | Path = "kdcore_demo",
 
 def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
             config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
-            started: float | None = None, teacher: nn.Module | None = None) -> dict:
+            started: float | None = None, teacher: nn.Module | None = None,
+            transfer_set: Dataset | None = None) -> dict:
     """Train a teacher, the student alone and the same student (same initialisation, epochs,
     learning rate, augmentation) with distillation on one dataset of :class:`AudioExample`
     items with fixed-length waveforms, then evaluate all three on ``test_set``.
@@ -205,9 +237,17 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     accuracies. A trained ``teacher``
     (a ``teacher_cnn`` of ``config``'s width, e.g. ``results["teacher"]`` of an earlier call)
     is evaluated and reused instead of trained; the returned ``results["teacher"]`` is the
-    teacher used."""
+    teacher used. ``transfer_set`` (``config.transfer_clips`` items, their labels unused) joins
+    the KD student's training set unlabelled, for ``results["kd_epochs"]`` epochs (the same
+    optimizer steps as the students alone, :func:`kd_epochs`)."""
     from kdcore.eval import classification_report
 
+    if (transfer_set is not None) != (config.transfer_clips > 0) or (
+            transfer_set is not None and len(transfer_set) != config.transfer_clips):
+        raise ValueError(f"transfer_set: expected {config.transfer_clips} clips "
+                         f"(config.transfer_clips), got "
+                         f"{None if transfer_set is None else len(transfer_set)}")
+    distil_epochs = kd_epochs(config, len(train_set))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter() if started is None else started
@@ -262,17 +302,23 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
               "(trained earlier: evaluated only)", flush=True)
     rows.append(evaluate("teacher", teacher, _frontend(config), teacher_seconds))
 
-    runs = [("student alone", uniform, student_alone, 0.0, 0.0)]
+    runs = [("student alone", uniform, student_alone, 0.0, 0.0, train_set, config.epochs)]
     if config.mixup > 0 and config.mixup_control:
         runs.append(("alone + mixup", uniform, copy.deepcopy(student_alone), 0.0,
-                     config.mixup))
-    runs.append(("student + KD", teacher, student_kd, config.alpha, config.mixup))
-    for name, guide, model, alpha, mixup in runs:
+                     config.mixup, train_set, config.epochs))
+    kd_set = train_set if transfer_set is None else TransferSet(train_set, transfer_set)
+    runs.append(("student + KD", teacher, student_kd, config.alpha, config.mixup, kd_set,
+                 distil_epochs))
+    if transfer_set is not None:
+        extra |= {"kd_epochs": distil_epochs, "transfer_clips": len(transfer_set)}
+    for name, guide, model, alpha, mixup, data, epochs in runs:
+        unlabelled = (f" (+ {len(transfer_set)} unlabelled clips)"
+                      if data is not train_set else "")
         print(f"\n== {name}: {_format_count(model.num_parameters())} parameters, "
-              f"{config.epochs} epochs", flush=True)
+              f"{epochs} epochs{unlabelled}", flush=True)
         slug = name.replace(" + ", "_").replace(" ", "_")
-        distiller, history, seconds = _train(slug, guide, model, alpha, train_set, test_set,
-                                             config, out, progress, epochs=config.epochs,
+        distiller, history, seconds = _train(slug, guide, model, alpha, data, test_set,
+                                             config, out, progress, epochs=epochs,
                                              lr=config.lr, mixup=mixup)
         histories[name] = history
         rows.append(evaluate(name, model, distiller.frontend, seconds))

@@ -128,3 +128,42 @@ def test_compare_trains_an_ensemble_teacher_with_seeded_members(tmp_path):
     assert rows["teacher"]["parameters"] == sum(m.num_parameters() for m in teacher.members)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["teacher_members_accuracy"] == results["teacher_members_accuracy"]
+
+
+def test_compare_with_a_transfer_set_gives_the_kd_student_the_same_optimizer_steps(tmp_path):
+    from kdcore.data import SyntheticAudio
+    from kdcore.demo import compare, kd_epochs, synthetic_transfer_set
+
+    config = DemoConfig(train_clips=32, test_clips=16, epochs=2, teacher_epochs=1, duration=0.3,
+                        batch_size=16, n_mels=16, teacher_width=4, student_width=4,
+                        mixup_control=False, transfer_clips=32)
+    data = {"seed": 0, "sample_rate": config.sample_rate, "duration": config.duration}
+    train_set = SyntheticAudio(32, split="train", **data)
+    test_set = SyntheticAudio(16, split="test", **data)
+    transfer_set = synthetic_transfer_set(config, 0)
+    assert len(transfer_set) == 32 and transfer_set.seed == 1 and transfer_set.speakers is None
+    results = compare(train_set, test_set, list(train_set.classes), config, tmp_path,
+                      progress=False, transfer_set=transfer_set)
+    assert results["kd_epochs"] == 1 and results["transfer_clips"] == 32
+
+    def steps(run: str) -> list[tuple[int, int]]:
+        records = [json.loads(line) for line in
+                   (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["epoch"], r["step"]) for r in records if r["event"] == "epoch"]
+
+    # 2 epochs x 2 batches alone; 1 epoch x 4 batches (32 labelled + 32 unlabelled) with KD
+    assert steps("student_alone") == [(0, 2), (1, 4)]
+    assert steps("student_KD") == [(0, 4)]
+
+    assert kd_epochs(dataclasses.replace(config, transfer_clips=0), 32) == 2
+    assert kd_epochs(dataclasses.replace(config, epochs=360, transfer_clips=64), 32) == 120
+    with pytest.raises(ValueError, match="transfer_clips=16: 3 batches per epoch do not "
+                                         "divide the 4 optimizer steps"):
+        kd_epochs(dataclasses.replace(config, transfer_clips=16), 32)
+    with pytest.raises(ValueError, match=r"transfer_set: expected 32 clips .* got None"):
+        compare(train_set, test_set, list(train_set.classes), config, tmp_path / "b",
+                progress=False)
+    with pytest.raises(ValueError, match=r"transfer_set: expected 0 clips .* got 32"):
+        compare(train_set, test_set, list(train_set.classes),
+                dataclasses.replace(config, transfer_clips=0), tmp_path / "c", progress=False,
+                transfer_set=transfer_set)

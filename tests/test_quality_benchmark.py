@@ -143,9 +143,10 @@ def test_reuse_teacher_loads_every_ensemble_member(tmp_path):
 
 def test_runs_keep_the_ensemble_members_accuracy(tmp_path, monkeypatch):
     def fake_data(config):
-        return [0] * 4, [0] * 2, ["a", "b"], "fake data"
+        return [0] * 4, [0] * 2, ["a", "b"], "fake data", None
 
-    def fake_compare(train_set, test_set, classes, config, out, progress, teacher):
+    def fake_compare(train_set, test_set, classes, config, out, progress, teacher,
+                     transfer_set):
         run = _run(0.98, 0.92 + config.seed / 100, 0.95)
         members = {"teacher_members_accuracy": [0.97, 0.96]} if config.seed == 1 else {}
         return run | {"gap_closed": 0.5, "teacher": "trained"} | members
@@ -181,9 +182,10 @@ def test_each_held_out_speaker_is_a_fold_with_its_own_key_work_dir_and_teacher(t
     calls = []
 
     def fake_fsdd(config, root, held_out):
-        return [0] * 4, [0] * 2, ["a", "b"], f"FSDD, speaker {held_out!r} held out"
+        return [0] * 4, [0] * 2, ["a", "b"], f"FSDD, speaker {held_out!r} held out", None
 
-    def fake_compare(train_set, test_set, classes, config, out, progress, teacher):
+    def fake_compare(train_set, test_set, classes, config, out, progress, teacher,
+                     transfer_set):
         calls.append((out, teacher))
         return _run(0.98, 0.90, 0.95) | {"gap_closed": 0.625, "teacher": f"teacher of {out}"}
 
@@ -258,3 +260,8 @@ def test_pool_takes_one_seed_per_fold_and_summarises_over_the_folds(tmp_path):
     with pytest.raises(SystemExit, match="--pool needs --into"):
         quality.main(["--pool", "fsdd", "--out", str(out)])
     assert "x" not in json.loads(out.read_text())
+
+
+def test_a_transfer_set_is_refused_for_fsdd():
+    with pytest.raises(SystemExit, match="--set transfer_clips: FSDD has no unlabelled clips"):
+        quality.main(["--datasets", "fsdd", "--set", "transfer_clips=2048"])
