@@ -112,10 +112,13 @@ class Data:
 
 def _data_key(args: argparse.Namespace) -> dict:
     """What fixes the item ids of the training split (checked by a reused teacher cache)."""
-    return {"data": str(args.data), "seed": args.seed, "test_fraction": args.test_fraction,
-            "group_split": args.group_split, "skip_bad": args.skip_bad,
-            "synthetic_size": args.synthetic_size, "sample_rate": args.sample_rate,
-            "clip_seconds": args.clip_seconds}
+    key = {"data": str(args.data), "seed": args.seed, "test_fraction": args.test_fraction,
+           "group_split": args.group_split, "skip_bad": args.skip_bad,
+           "synthetic_size": args.synthetic_size, "sample_rate": args.sample_rate,
+           "clip_seconds": args.clip_seconds}
+    if getattr(args, "unlabelled", None):
+        key["unlabelled"] = str(args.unlabelled)
+    return key
 
 
 def clip_samples(args: argparse.Namespace) -> int:
@@ -125,7 +128,25 @@ def clip_samples(args: argparse.Namespace) -> int:
 def load_data(args: argparse.Namespace, *, split: str = "test", need_train: bool = True,
               deterministic_train: bool = False) -> Data:
     """Datasets of ``args.data``: the training split (random crops unless
-    ``deterministic_train``) and ``split`` (centre crops)."""
+    ``deterministic_train``), followed by the clips of ``args.unlabelled`` without labels when
+    given (:class:`kdcore.data.TransferSet`), and ``split`` (centre crops)."""
+    data = _labelled_data(args, split=split, need_train=need_train,
+                          deterministic_train=deterministic_train)
+    if need_train and getattr(args, "unlabelled", None):
+        from kdcore.data import AudioFileDataset, TransferSet, unlabelled_files
+
+        files, skipped = unlabelled_files(args.unlabelled, skip_bad=args.skip_bad)
+        unlabelled = AudioFileDataset(files, [0] * len(files), sample_rate=args.sample_rate,
+                                      clip_samples=clip_samples(args),
+                                      train=not deterministic_train, preload=True)
+        data.train = TransferSet(data.train, unlabelled)
+        data.summary += (f"; + {len(files)} unlabelled clips from {args.unlabelled} (KD term "
+                         f"only{f', {len(skipped)} bad skipped' if skipped else ''})")
+    return data
+
+
+def _labelled_data(args: argparse.Namespace, *, split: str, need_train: bool,
+                   deterministic_train: bool) -> Data:
     from kdcore.data import SyntheticAudio, load_source
 
     if args.sample_rate < 1000:
@@ -750,6 +771,13 @@ def _add_data(parser: argparse.ArgumentParser, *, frontend: bool = True) -> None
         parser.add_argument("--hop-length", type=int, default=160)
 
 
+def _add_unlabelled(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--unlabelled", metavar="PATH", default=None,
+                        help="audio without labels (a folder, searched recursively, or a CSV "
+                             "with a 'path' column) added to the training split; the student "
+                             "learns the teacher's outputs on it (KD term only)")
+
+
 def _add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -800,6 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="student:teacher module paths for feature distillation")
     distill.add_argument("--feature-weight", type=float, default=None,
                          help="weight of the feature loss (default 1 with feature pairs)")
+    _add_unlabelled(distill)
     _add_data(distill)
     _add_training(distill)
     _add_common(distill)
@@ -820,6 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--teacher", nargs="+", metavar="CKPT",
                        help="teacher checkpoint; several make an ensemble teacher")
     cache.add_argument("--out", help="cache folder")
+    _add_unlabelled(cache)
     _add_data(cache)
     _add_common(cache)
     cache.set_defaults(handler=command_cache_teacher)

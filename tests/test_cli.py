@@ -371,3 +371,61 @@ def test_several_teachers_make_an_ensemble(workspace: Path,
     expected = (logits[0] + logits[1]) / 2
     np.testing.assert_allclose(stored.reshape(len(waves), len(CLASSES)), expected.numpy(),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_unlabelled_clips_join_distillation_and_the_teacher_cache(workspace: Path,
+                                                                  capsys: pytest.CaptureFixture
+                                                                  ) -> None:
+    """--unlabelled adds audio without labels (found recursively, bad files named or skipped)
+    to the training split: distill takes more steps, cache-teacher stores the teacher's logits
+    of those clips after the labelled ones, and a cache built without them is refused."""
+    from kdcore.checkpoints import load_model_checkpoint
+
+    rng = np.random.default_rng(3)
+    folder = workspace / "unlabelled"
+    waves = []
+    for item in range(10):
+        path = folder / f"voice{item % 2}" / f"{item}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        wave = (0.3 * np.sin(2 * np.pi * rng.uniform(250, 2500) * np.arange(FILE_SAMPLES) / RATE)
+                + 0.05 * rng.standard_normal(FILE_SAMPLES)).astype(np.float32)
+        soundfile.write(path, wave, RATE)
+        waves.append((path, wave))
+    (folder / "voice1" / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    data = ["--data", "data/manifest.csv", *SIZES]
+    current = Path.cwd()
+    os.chdir(workspace)
+    try:
+        distill = ["distill", "--teacher", "teacher/model.pt", "--student", "student_dscnn",
+                   "--width", "4", "--epochs", "1", "--unlabelled", "unlabelled", *data]
+        assert cli.main([*distill, "--out", "with_unlabelled"]) == 2
+        assert "broken.wav" in capsys.readouterr().err
+        assert cli.main([*distill, "--skip-bad", "--out", "with_unlabelled"]) == 0
+        assert "+ 10 unlabelled clips from unlabelled (KD term only, 1 bad skipped)" in (
+            capsys.readouterr().out)
+        records = [json.loads(line) for line in
+                   (workspace / "with_unlabelled" / "metrics.jsonl").read_text().splitlines()]
+        # 18 labelled training files + 10 unlabelled in batches of 8: 4 steps (3 without)
+        assert [r["step"] for r in records if r["event"] == "epoch"] == [4]
+
+        (folder / "voice1" / "broken.wav").unlink()
+        assert cli.main(["cache-teacher", "--teacher", "teacher/model.pt", "--out",
+                         "cache_unlabelled", "--unlabelled", "unlabelled", *data]) == 0
+        assert cli.main(["distill", "--teacher", "teacher/model.pt", "--student",
+                         "student_dscnn", "--width", "4", "--teacher-mode", "cached",
+                         "--cache-dir", "cache_unlabelled", "--epochs", "1", "--out",
+                         "cached_unlabelled", "--unlabelled", "unlabelled", *data]) == 0
+        assert cli.main(["distill", "--teacher", "teacher/model.pt", "--student",
+                         "student_dscnn", "--teacher-mode", "cached", "--cache-dir",
+                         "cache_unlabelled", "--out", "refused", *data]) == 2
+    finally:
+        os.chdir(current)
+    stored = np.fromfile(workspace / "cache_unlabelled" / "logits.f32", dtype=np.float32)
+    stored = stored.reshape(18 + 10, len(CLASSES))
+    start = (FILE_SAMPLES - CLIP_SAMPLES) // 2
+    crops = [wave[start:start + CLIP_SAMPLES] for _, wave in sorted(waves)]
+    teacher = load_model_checkpoint(workspace / "teacher" / "model.pt")
+    with torch.no_grad():
+        expected = teacher.model(teacher.build_frontend("reference").eval()(
+            torch.tensor(np.stack(crops), dtype=torch.float32)))
+    np.testing.assert_allclose(stored[18:], expected.numpy(), rtol=1e-4, atol=1e-4)

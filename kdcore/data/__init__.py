@@ -24,6 +24,7 @@ from kdcore.data.sources import (
     ManifestError,
     SkippedEntry,
     load_source,
+    unlabelled_files,
 )
 from kdcore.data.splits import group_split, split_from_column, stratified_split
 from kdcore.data.synthetic import SyntheticAudio
@@ -54,4 +55,5 @@ __all__ = [
     "resample",
     "split_from_column",
     "stratified_split",
+    "unlabelled_files",
 ]

@@ -208,3 +208,57 @@ def load_source(path: str | os.PathLike, *, skip_bad: bool = False, check_audio:
     if root.suffix.lower() != ".csv":
         raise ValueError(f"data path must be a folder or a .csv manifest, got {root}")
     return _from_manifest(root, skip_bad, check_audio, classes)
+
+
+def unlabelled_files(path: str | os.PathLike, *, skip_bad: bool = False,
+                     check_audio: bool = True) -> tuple[list[Path], list[SkippedEntry]]:
+    """Audio files to use without labels (a transfer set): every WAV/FLAC/OGG file under a
+    folder (searched recursively, any class subfolders ignored), or the ``path`` column of a
+    CSV manifest (other columns ignored). Returns the sorted files and the skipped entries.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        AudioReadError / ManifestError (ValueError): a bad file or row, naming it (unless
+            ``skip_bad``).
+        ValueError: no audio found.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"unlabelled data path does not exist: {root}")
+    skipped: list[SkippedEntry] = []
+    if root.is_dir():
+        candidates = [(p, str(p)) for p in sorted(root.rglob("*"))
+                      if p.is_file() and not p.name.startswith(".")
+                      and p.suffix.lower() in AUDIO_EXTENSIONS]
+    elif root.suffix.lower() == ".csv":
+        with open(root, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header = [name.strip() for name in reader.fieldnames or []]
+            if "path" not in header:
+                raise ManifestError(f"{root}: an unlabelled manifest needs a 'path' column "
+                                    f"(found {header})")
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()}
+                    for row in reader]
+        candidates = []
+        for line, row in enumerate(rows, start=2):
+            where = f"{root}:{line}"
+            if not row.get("path"):
+                _keep_or_raise(skip_bad, skipped, ManifestError(f"{where}: empty path"), where)
+                continue
+            candidates.append(((root.parent / row["path"]).resolve(), where))
+    else:
+        raise ValueError(f"unlabelled data path must be a folder or a .csv manifest, got {root}")
+    files = []
+    for file, where in candidates:
+        try:
+            if check_audio:
+                probe_audio(file)
+        except AudioReadError as error:
+            _keep_or_raise(skip_bad, skipped, error, where)
+            continue
+        files.append(file)
+    if not files:
+        detail = f" ({len(skipped)} bad entries skipped)" if skipped else ""
+        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found in "
+                         f"{root}{detail}")
+    return files, skipped
