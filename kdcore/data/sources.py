@@ -144,17 +144,23 @@ def _from_folder(root: Path, skip_bad: bool, check_audio: bool) -> AudioSource:
     return AudioSource(root, records, _sort_classes({r.label for r in records}), skipped)
 
 
-def _from_manifest(csv_path: Path, skip_bad: bool, check_audio: bool,
-                   classes: Sequence[str] | None) -> AudioSource:
+def _read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The stripped header and rows (column -> stripped text) of a CSV manifest."""
     with open(csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = [name.strip() for name in reader.fieldnames or []]
-        missing = [name for name in ("path", "label") if name not in header]
-        if missing:
-            raise ManifestError(f"{csv_path}: manifest needs columns 'path' and 'label', "
-                                f"missing {missing} (found {header})")
         rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()}
                 for row in reader]
+    return header, rows
+
+
+def _from_manifest(csv_path: Path, skip_bad: bool, check_audio: bool,
+                   classes: Sequence[str] | None) -> AudioSource:
+    header, rows = _read_rows(csv_path)
+    missing = [name for name in ("path", "label") if name not in header]
+    if missing:
+        raise ManifestError(f"{csv_path}: manifest needs columns 'path' and 'label', "
+                            f"missing {missing} (found {header})")
     known = set(classes) if classes is not None else None
     records: list[AudioRecord] = []
     skipped: list[SkippedEntry] = []
@@ -231,14 +237,10 @@ def unlabelled_files(path: str | os.PathLike, *, skip_bad: bool = False,
                       if p.is_file() and not p.name.startswith(".")
                       and p.suffix.lower() in AUDIO_EXTENSIONS]
     elif root.suffix.lower() == ".csv":
-        with open(root, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = [name.strip() for name in reader.fieldnames or []]
-            if "path" not in header:
-                raise ManifestError(f"{root}: an unlabelled manifest needs a 'path' column "
-                                    f"(found {header})")
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()}
-                    for row in reader]
+        header, rows = _read_rows(root)
+        if "path" not in header:
+            raise ManifestError(f"{root}: an unlabelled manifest needs a 'path' column "
+                                f"(found {header})")
         candidates = []
         for line, row in enumerate(rows, start=2):
             where = f"{root}:{line}"
