@@ -50,6 +50,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
 HELD_OUT_SPEAKER = "theo"
 DATA_SEED = 0  # one dataset; the run seeds vary initialisation, data order and augmentation
+# DemoConfig fields only the KD student uses: a run that changes no other field can take the
+# students alone of a stored run (--alone-from) instead of training them again.
+KD_ONLY_FIELDS = ("temperature", "alpha", "transfer_clips")
 
 # The demo's full recipe on SyntheticAudio. On FSDD: 0.75 s crops (97 % of the recordings are
 # shorter), 2500 train clips from five speakers, 500 test clips, and the first demo recipe
@@ -73,12 +76,69 @@ def synthetic_data(config: DemoConfig):
     for dataset in (train_set, test_set, transfer_set or []):
         for index in range(len(dataset)):
             dataset[index]  # generate once; the cache serves every epoch
-    unlabelled = (f"; KD adds {config.transfer_clips} unlabelled clips, a new voice each "
-                  f"(data seed {DATA_SEED + 1})" if transfer_set else "")
+    unlabelled = unlabelled_clause(config) if transfer_set else ""
     return (train_set, test_set, list(train_set.classes),
             f"SyntheticAudio ({train_set.num_classes} classes, {train_set.speakers} speakers "
             f"per split, test speakers unseen in training, data seed {DATA_SEED}{unlabelled})",
             transfer_set)
+
+
+def unlabelled_clause(config: DemoConfig) -> str:
+    """What ``synthetic_data`` adds to the data description for a transfer set."""
+    return (f"; KD adds {config.transfer_clips} unlabelled clips, a new voice each "
+            f"(data seed {DATA_SEED + 1})")
+
+
+def _teacher_given(entry: dict, position: int, key: str) -> bool:
+    """Whether run ``position`` of a stored entry had its teacher handed to ``compare`` (then
+    no teacher was created first, which changes the students' initialisation). Entries
+    stored before runs recorded it are read from their ``teacher`` text when unambiguous."""
+    run = entry["runs"][position]
+    if "teacher_given" in run:
+        return run["teacher_given"]
+    texts = entry.get("merged_from") or [entry["teacher"]]
+    if all("taken from an earlier run" in text for text in texts):
+        return True
+    if all("trained per seed" in text for text in texts):
+        return False
+    if "merged_from" not in entry:
+        return position > 0
+    raise SystemExit(f"--alone-from: {key} does not record which seeds trained their own "
+                     "teacher, so their students' initialisation is unknown")
+
+
+def alone_rows_from(path: Path, key: str, recipe: DemoConfig, described: str, seed: int,
+                    teacher_given: bool) -> list[dict]:
+    """The students-alone rows of ``seed`` stored under ``key`` of ``path``, for a run that
+    differs from that entry only in fields the KD student alone uses (``KD_ONLY_FIELDS``),
+    on the same labelled data and with the same teacher handling (so the same
+    initialisation). Anything else is refused, naming ``--alone-from``."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if key not in data:
+        raise SystemExit(f"--alone-from: no key {key!r} in {path}")
+    entry = data[key]
+    defaults = dataclasses.asdict(FULL) | {"seed": "per run"}
+    stored = defaults | entry["config"]
+    wanted = dataclasses.asdict(recipe) | {"seed": "per run"}
+    differ = sorted(field for field in wanted
+                    if field not in KD_ONLY_FIELDS and stored.get(field) != wanted[field])
+    if differ:
+        raise SystemExit(f"--alone-from: {key} trained its students alone with another "
+                         f"recipe ({', '.join(differ)} differ)")
+    labelled = described.replace(unlabelled_clause(recipe), "")
+    if entry.get("dataset") != labelled:
+        raise SystemExit(f"--alone-from: {key} ran on other data ({entry.get('dataset')!r})")
+    if seed not in entry["seeds"]:
+        raise SystemExit(f"--alone-from: {key} has no run of seed {seed} "
+                         f"(seeds {entry['seeds']})")
+    position = entry["seeds"].index(seed)
+    if _teacher_given(entry, position, key) != teacher_given:
+        raise SystemExit(f"--alone-from: seed {seed} of {key} "
+                         f"{'created' if teacher_given else 'was handed'} its teacher and "
+                         "this run does not, so the students start from other weights "
+                         "(see --reuse-teacher)")
+    rows = entry["runs"][position]["rows"]
+    return [row for row in rows if row["model"] in ("student alone", "alone + mixup")]
 
 
 def check_held_out(source: AudioSource, root: Path, held_out: list[str]) -> None:
@@ -214,7 +274,7 @@ def merge_seed_files(files: list[Path], out: Path) -> None:
             raise SystemExit(f"--merge: {key}: seed repeated across files ({seeds})")
         if any(payload["config"] != payloads[0]["config"] for payload in payloads):
             raise SystemExit(f"--merge: {key}: the files hold different recipes")
-        for field in ("dataset", "train_clips", "test_clips"):
+        for field in ("dataset", "train_clips", "test_clips", "students_alone"):
             if any(payload.get(field) != payloads[0].get(field) for payload in payloads):
                 raise SystemExit(f"--merge: {key}: the files describe different data "
                                  f"({field!r} differs)")
@@ -289,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-per-seed", action="store_true",
                         help="train a teacher for every seed (default: the first seed's "
                              "teacher serves every seed; the seeds vary the students)")
+    parser.add_argument("--alone-from", default=None, metavar="KEY",
+                        help="take the students alone from KEY of --results instead of "
+                        "training them again; the recipe may differ only in "
+                        f"{', '.join(KD_ONLY_FIELDS)} (a KD-only variant)")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="the stored results --alone-from reads")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="FILE",
                         help="run nothing: merge per-seed result files of separate runs "
                              "(written with --out) into --out, 'seconds' summed")
@@ -334,12 +400,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping fsdd: no manifest.csv under {args.fsdd}")
     for name, held_out in folds:
         fold = name if held_out in (None, HELD_OUT_SPEAKER) else f"{name}_heldout{held_out}"
-        runs, teacher = [], None
+        runs, teacher, given = [], None, []
         recipe = dataclasses.replace(CONFIGS[name], **overrides)
         started = time.perf_counter()
         if args.reuse_teacher is not None:
             teacher = load_teacher(work / fold / f"seed{teacher_seed}", recipe)
-        for seed in args.seeds:
+        alone = {}
+        for position, seed in enumerate(args.seeds):
             config = dataclasses.replace(recipe, seed=seed)
             if name == "fsdd":
                 train_set, test_set, classes, described, transfer_set = fsdd_data(
@@ -348,8 +415,15 @@ def main(argv: list[str] | None = None) -> int:
                 train_set, test_set, classes, described, transfer_set = synthetic_data(config)
             print(f"\n### {name}, seed {seed}: {described}, {len(train_set)} train / "
                   f"{len(test_set)} test clips", flush=True)
+            if args.alone_from and position == 0:  # every seed checked before any training
+                alone = {later: alone_rows_from(
+                    args.results, args.alone_from, recipe, described, later,
+                    teacher is not None or (index > 0 and not args.teacher_per_seed))
+                    for index, later in enumerate(args.seeds)}
+            given.append(teacher is not None)
             result = compare(train_set, test_set, classes, config, work / fold / f"seed{seed}",
-                             progress=False, teacher=teacher, transfer_set=transfer_set)
+                             progress=False, teacher=teacher, transfer_set=transfer_set,
+                             alone_rows=alone.get(seed))
             if not args.teacher_per_seed:
                 teacher = result["teacher"]
             runs.append(result)
@@ -368,11 +442,15 @@ def main(argv: list[str] | None = None) -> int:
             "config": dataclasses.asdict(recipe) | {"seed": "per run"},
             "summary": summary,
             "runs": [{"seed": seed, "rows": run["rows"], "baseline": run["baseline"],
-                      "kd_gain_points": run["kd_gain_points"], "gap_closed": run["gap_closed"]}
+                      "kd_gain_points": run["kd_gain_points"], "gap_closed": run["gap_closed"],
+                      "teacher_given": teacher_given}
                      | ({"teacher_members_accuracy": run["teacher_members_accuracy"]}
                         if "teacher_members_accuracy" in run else {})
-                     for seed, run in zip(args.seeds, runs, strict=True)],
+                     for seed, run, teacher_given in zip(args.seeds, runs, given, strict=True)],
             "seconds": time.perf_counter() - started,
+        } | ({"students_alone": f"taken from {args.alone_from!r} of {args.results.name} (not "
+                                "trained again: same recipe for them, data, seeds and "
+                                "initialisation)"} if args.alone_from else {}) | {
             "environment": environment() | {"cpu_count": os.cpu_count(),
                                             "torch_threads": torch.get_num_threads(),
                                             "device": "cpu"},

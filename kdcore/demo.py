@@ -223,7 +223,8 @@ def run_demo(*, quick: bool = False, out_dir: str | Path = "kdcore_demo",
 def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
             config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
             started: float | None = None, teacher: nn.Module | None = None,
-            transfer_set: Dataset | None = None) -> dict:
+            transfer_set: Dataset | None = None,
+            alone_rows: list[dict] | None = None) -> dict:
     """Train a teacher, the student alone and the same student (same initialisation, epochs,
     learning rate, augmentation) with distillation on one dataset of :class:`AudioExample`
     items with fixed-length waveforms, then evaluate all three on ``test_set``.
@@ -239,7 +240,10 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     is evaluated and reused instead of trained; the returned ``results["teacher"]`` is the
     teacher used. ``transfer_set`` (``config.transfer_clips`` items, their labels unused) joins
     the KD student's training set unlabelled, for ``results["kd_epochs"]`` epochs (the same
-    optimizer steps as the students alone, :func:`kd_epochs`)."""
+    optimizer steps as the students alone, :func:`kd_epochs`). ``alone_rows``, the
+    students-alone rows of an earlier call with the same recipe for them, seed, data and
+    teacher argument (so the same initialisation), are taken instead of training those
+    students again: only the KD student trains (``benchmarks/quality.py --alone-from``)."""
     from kdcore.eval import classification_report
 
     if (transfer_set is not None) != (config.transfer_clips > 0) or (
@@ -259,6 +263,15 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     student_alone = create("student_dscnn", classes, n_mels=config.n_mels,
                            width=config.student_width)
     student_kd = copy.deepcopy(student_alone)  # same initialisation
+    if alone_rows is not None:
+        expected = ["student alone"] + (["alone + mixup"] if config.mixup > 0
+                                        and config.mixup_control else [])
+        given = [row.get("model") for row in alone_rows]
+        sizes = [row.get("parameters") for row in alone_rows]
+        if given != expected or set(sizes) != {student_kd.num_parameters()}:
+            raise ValueError(f"alone_rows: expected rows of {expected} with "
+                             f"{student_kd.num_parameters()} parameters each, got {given} "
+                             f"with {sizes}")
     if not trained:
         for index in range(1, config.teachers):
             torch.manual_seed(config.seed + index)
@@ -306,6 +319,9 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     if config.mixup > 0 and config.mixup_control:
         runs.append(("alone + mixup", uniform, copy.deepcopy(student_alone), 0.0,
                      config.mixup, train_set, config.epochs))
+    if alone_rows is not None:
+        rows.extend(alone_rows)
+        runs = []
     kd_set = train_set if transfer_set is None else TransferSet(train_set, transfer_set)
     runs.append(("student + KD", teacher, student_kd, config.alpha, config.mixup, kd_set,
                  distil_epochs))

@@ -81,6 +81,42 @@ def test_compare_reuses_a_trained_teacher(tmp_path):
     assert second["rows"][0]["accuracy"] == first["rows"][0]["accuracy"]
 
 
+def test_compare_with_alone_rows_trains_only_the_kd_student_as_a_full_call_would(tmp_path):
+    from kdcore.data import SyntheticAudio
+    from kdcore.demo import compare
+
+    config = DemoConfig(train_clips=32, test_clips=16, epochs=2, teacher_epochs=1, duration=0.3,
+                        batch_size=16, n_mels=16, teacher_width=4, student_width=4, mixup=0.4)
+    data = {"seed": 0, "sample_rate": config.sample_rate, "duration": config.duration}
+    train_set = SyntheticAudio(32, split="train", **data)
+    test_set = SyntheticAudio(16, split="test", **data)
+    classes = list(train_set.classes)
+    teacher = compare(train_set, test_set, classes, config, tmp_path / "a",
+                      progress=False)["teacher"]
+    seeded = dataclasses.replace(config, seed=1)
+    full = compare(train_set, test_set, classes, seeded, tmp_path / "full", progress=False,
+                   teacher=teacher)
+    alone_rows = full["rows"][1:3]
+    alone_rows[1] = alone_rows[1] | {"accuracy": 1.0}  # a stored value, not recomputed
+    taken = compare(train_set, test_set, classes, seeded, tmp_path / "taken", progress=False,
+                    teacher=teacher, alone_rows=alone_rows)
+    assert sorted(path.name for path in (tmp_path / "taken").iterdir()
+                  if path.is_dir()) == ["student_KD"]
+    assert taken["rows"][1:3] == alone_rows
+    kd_full, kd_taken = full["rows"][-1], taken["rows"][-1]
+    for field in ("accuracy", "macro_f1"):  # same initialisation, order and augmentation
+        assert kd_taken[field] == kd_full[field]
+    assert taken["baseline"] == "alone + mixup"
+    assert taken["kd_gain_points"] == pytest.approx(
+        100 * (kd_full["accuracy"] - alone_rows[1]["accuracy"]))
+    for bad in (alone_rows[:1], [alone_rows[0], alone_rows[1] | {"parameters": 5}]):
+        with pytest.raises(ValueError, match="alone_rows: expected rows of "
+                                             r"\['student alone', 'alone \+ mixup'\]"):
+            compare(train_set, test_set, classes, seeded, tmp_path / "bad", progress=False,
+                    alone_rows=bad)
+        assert not (tmp_path / "bad" / "teacher").exists()  # refused before any training
+
+
 def _table_results(teacher: float, alone: float, kd: float) -> dict:
     rows = [{"model": model, "parameters": 1000, "macs": 10, "accuracy": accuracy,
              "macro_f1": accuracy, "clips_per_s": 1.0}

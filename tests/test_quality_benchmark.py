@@ -1,5 +1,6 @@
 """``benchmarks/quality.py``: recipe overrides and the seed summary (hand-computed cases)."""
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -146,7 +147,7 @@ def test_runs_keep_the_ensemble_members_accuracy(tmp_path, monkeypatch):
         return [0] * 4, [0] * 2, ["a", "b"], "fake data", None
 
     def fake_compare(train_set, test_set, classes, config, out, progress, teacher,
-                     transfer_set):
+                     transfer_set, alone_rows):
         run = _run(0.98, 0.92 + config.seed / 100, 0.95)
         members = {"teacher_members_accuracy": [0.97, 0.96]} if config.seed == 1 else {}
         return run | {"gap_closed": 0.5, "teacher": "trained"} | members
@@ -185,7 +186,7 @@ def test_each_held_out_speaker_is_a_fold_with_its_own_key_work_dir_and_teacher(t
         return [0] * 4, [0] * 2, ["a", "b"], f"FSDD, speaker {held_out!r} held out", None
 
     def fake_compare(train_set, test_set, classes, config, out, progress, teacher,
-                     transfer_set):
+                     transfer_set, alone_rows):
         calls.append((out, teacher))
         return _run(0.98, 0.90, 0.95) | {"gap_closed": 0.625, "teacher": f"teacher of {out}"}
 
@@ -265,3 +266,94 @@ def test_pool_takes_one_seed_per_fold_and_summarises_over_the_folds(tmp_path):
 def test_a_transfer_set_is_refused_for_fsdd():
     with pytest.raises(SystemExit, match="--set transfer_clips: FSDD has no unlabelled clips"):
         quality.main(["--datasets", "fsdd", "--set", "transfer_clips=2048"])
+
+
+def _stored_alone(path: Path, teacher: str, runs: list[dict], merged_from=None) -> Path:
+    """A results file whose key ``synthetic_epochs360`` holds ``runs`` of seeds 0, 1, ..."""
+    entry = {"seeds": list(range(len(runs))), "runs": runs, "config": {"epochs": 360},
+             "teacher": teacher, "dataset": "fake data", "train_clips": 4, "test_clips": 2}
+    if merged_from:
+        entry["merged_from"] = merged_from
+    path.write_text(json.dumps({"synthetic_epochs360": entry}))
+    return path
+
+
+def test_alone_from_takes_the_stored_students_alone_of_each_seed(tmp_path, monkeypatch):
+    stored = [_run(0.98, 0.91, 0.93), _run(0.98, 0.92, 0.94)]
+    results = _stored_alone(tmp_path / "stored.json",
+                            "trained once (seed 0), shared by every seed", stored)
+    calls = []
+
+    def fake_data(config):
+        described = "fake data" + (quality.unlabelled_clause(config)
+                                   if config.transfer_clips else "")
+        return [0] * 4, [0] * 2, ["a", "b"], described, None
+
+    def fake_compare(train_set, test_set, classes, config, out, progress, teacher,
+                     transfer_set, alone_rows):
+        calls.append(alone_rows)
+        kd = 0.96 if config.seed == 0 else 0.95
+        alone = alone_rows[0]["accuracy"]
+        return {"rows": [stored[0]["rows"][0], *alone_rows,
+                         {"model": "student + KD", "accuracy": kd, "macro_f1": kd,
+                          "parameters": 1, "macs": 1}],
+                "baseline": "student alone", "kd_gain_points": 100 * (kd - alone),
+                "gap_closed": None, "teacher": "trained"}
+
+    monkeypatch.setattr(quality, "synthetic_data", fake_data)
+    monkeypatch.setattr(quality, "compare", fake_compare)
+    out = tmp_path / "q.json"
+    common = ["--datasets", "synthetic", "--set", "epochs=360", "transfer_clips=64",
+              "--alone-from", "synthetic_epochs360", "--results", str(results),
+              "--work", str(tmp_path), "--out", str(out)]
+    with pytest.raises(SystemExit, match="no run of seed 7"):
+        quality.main(common + ["--seeds", "0", "7"])
+    assert calls == []  # refused before the first seed trained anything
+    assert quality.main(common + ["--seeds", "0", "1"]) == 0
+    assert calls == [[stored[0]["rows"][1]], [stored[1]["rows"][1]]]
+    entry = json.loads(out.read_text())["synthetic_epochs360_transfer_clips64"]
+    assert "synthetic_epochs360" in entry["students_alone"]
+    assert [run["teacher_given"] for run in entry["runs"]] == [False, True]
+    assert entry["summary"]["kd_gain_points"]["values"] == pytest.approx([5.0, 3.0])
+    # seeds stored with and without a taken student alone are not merged into one key
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"synthetic_epochs360_transfer_clips64": entry | {
+        "seeds": [2], "runs": entry["runs"][:1], "students_alone": None}}))
+    with pytest.raises(SystemExit, match="students_alone"):
+        quality.merge_seed_files([out, other], tmp_path / "merged.json")
+
+
+def test_alone_from_refuses_other_recipes_data_seeds_and_initialisations(tmp_path):
+    from kdcore.demo import FULL
+
+    recipe = dataclasses.replace(FULL, epochs=360, temperature=4.0, alpha=0.5)
+    runs = [_run(0.98, 0.91, 0.93), _run(0.98, 0.92, 0.94)]
+    given = _stored_alone(tmp_path / "given.json", "trained once (seed 0), shared by every "
+                          "seed (taken from an earlier run of the same configuration)", runs)
+    rows = quality.alone_rows_from(given, "synthetic_epochs360", recipe, "fake data", 1, True)
+    assert rows == [runs[1]["rows"][1]]  # KD-only fields may differ
+    with pytest.raises(SystemExit, match="no key 'missing'"):
+        quality.alone_rows_from(given, "missing", recipe, "fake data", 0, True)
+    with pytest.raises(SystemExit, match=r"another recipe \(epochs, student_width differ\)"):
+        quality.alone_rows_from(given, "synthetic_epochs360",
+                                dataclasses.replace(recipe, epochs=120, student_width=32),
+                                "fake data", 0, True)
+    with pytest.raises(SystemExit, match="ran on other data"):
+        quality.alone_rows_from(given, "synthetic_epochs360", recipe, "FSDD", 0, True)
+    with pytest.raises(SystemExit, match="seed 0 of synthetic_epochs360 was handed its "
+                                         "teacher and this run does not"):
+        quality.alone_rows_from(given, "synthetic_epochs360", recipe, "fake data", 0, False)
+    # a run's own record wins over the entry's text
+    runs[0]["teacher_given"] = False
+    recorded = _stored_alone(tmp_path / "recorded.json", "anything", runs)
+    with pytest.raises(SystemExit, match="seed 0 of synthetic_epochs360 created its teacher"):
+        quality.alone_rows_from(recorded, "synthetic_epochs360", recipe, "fake data", 0, True)
+    del runs[0]["teacher_given"]
+    merged = _stored_alone(tmp_path / "merged.json", "trained once (seed 0), shared by every "
+                           "seed", runs, merged_from=["1 seed(s) in 1 s, teacher trained once",
+                                                      "1 seed(s) in 1 s, teacher trained once"])
+    with pytest.raises(SystemExit, match="does not record which seeds"):
+        quality.alone_rows_from(merged, "synthetic_epochs360", recipe, "fake data", 1, True)
+    per_seed = _stored_alone(tmp_path / "per_seed.json", "trained per seed", runs)
+    assert quality.alone_rows_from(per_seed, "synthetic_epochs360", recipe, "fake data", 1,
+                                   False) == [runs[1]["rows"][1]]
