@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -16,6 +17,7 @@ import importlib.resources
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -88,9 +90,50 @@ def _csrc_dir() -> Path:
 _cpp_state: dict[str, object] = {}
 
 
+def _cpp_cflags() -> list[str]:
+    cflags = ["-O3", "-fopenmp", "-march=native", "-ffp-contract=fast"]
+    if os.environ.get("KDCORE_CPP_PORTABLE") == "1":
+        cflags.remove("-march=native")
+    return cflags
+
+
+def cpp_build_directory() -> Path:
+    """Where the C++ library is built: under torch's extension root (``TORCH_EXTENSIONS_DIR``),
+    named by a digest of the sources, flags, Python and torch, so builds that differ in any of
+    them never share (and rebuild) one directory."""
+    from torch.utils import cpp_extension
+
+    digest = hashlib.sha1()
+    for source in sorted(_csrc_dir().glob("*.cpp")) + sorted(_csrc_dir().glob("*.h")):
+        digest.update(source.read_bytes())
+    digest.update(" ".join(_cpp_cflags() + [sys.version, torch.__version__]).encode())
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
+    return root / f"{CPP_LIBRARY}_{digest.hexdigest()[:10]}"
+
+
+@contextlib.contextmanager
+def _build_lock(build: Path) -> Iterator[None]:
+    """Hold an OS lock on ``build`` while torch builds there. torch marks a build with a
+    ``lock`` file that a killed process leaves behind, and every later process then waits on
+    it forever; the OS lock dies with its process, so a ``lock`` file found while holding it
+    is stale and is removed."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's lock file alone
+        yield
+        return
+    with open(build / "kdcore.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (build / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cpp_ops() -> object | None:
-    """``torch.ops.kdcore_cpp`` after building ``csrc/`` once; ``None`` (with one warning) if the
-    build fails or no compiler is present."""
+    """``torch.ops.kdcore_cpp`` after building ``csrc/`` once (in :func:`cpp_build_directory`);
+    ``None`` (with one warning) if the build fails or no compiler is present."""
     if "ops" in _cpp_state:
         return _cpp_state["ops"]
     sources = sorted(_csrc_dir().glob("*.cpp"))
@@ -99,21 +142,18 @@ def cpp_ops() -> object | None:
             raise RuntimeError(f"no C++ sources found in {_csrc_dir()}")
         from torch.utils import cpp_extension
 
-        digest = hashlib.sha1()
-        for source in sources + sorted(_csrc_dir().glob("*.h")):  # headers change the build too
-            digest.update(source.read_bytes())
-        name = f"{CPP_LIBRARY}_{digest.hexdigest()[:10]}"
-        cflags = ["-O3", "-fopenmp", "-march=native", "-ffp-contract=fast"]
-        if os.environ.get("KDCORE_CPP_PORTABLE") == "1":
-            cflags.remove("-march=native")
-        cpp_extension.load(
-            name=name,
-            sources=[str(source) for source in sources],
-            extra_cflags=cflags,
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-            verbose=os.environ.get("KDCORE_VERBOSE_BUILD") == "1",
-        )
+        build = cpp_build_directory()
+        build.mkdir(parents=True, exist_ok=True)
+        with _build_lock(build):
+            cpp_extension.load(
+                name=build.name,
+                sources=[str(source) for source in sources],
+                extra_cflags=_cpp_cflags(),
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build),
+                is_python_module=False,
+                verbose=os.environ.get("KDCORE_VERBOSE_BUILD") == "1",
+            )
         ops = getattr(torch.ops, CPP_LIBRARY)
     except Exception as error:
         warnings.warn(

@@ -54,3 +54,31 @@ def test_no_compiler_falls_back_to_reference_with_one_warning(tmp_path):
         output + result.stderr)
     assert "REFUSED backend='cpp' is unavailable" in output
     assert "VALUES 0.0 1.0" in output
+
+
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_process(tmp_path):
+    """torch marks a build in progress with a ``lock`` file; a build killed midway leaves it,
+    and without kdcore's OS lock the next process would wait on it forever."""
+    code = (
+        "import warnings, torch, kdcore\n"
+        "from kdcore import _backends\n"
+        "build = _backends.cpp_build_directory()\n"
+        "build.mkdir(parents=True)\n"
+        "(build / 'lock').touch()\n"
+        "warnings.simplefilter('ignore')\n"
+        "print('BUILT', _backends.cpp_ops() is not None, (build / 'lock').exists())\n"
+    )
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"),
+               TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert "BUILT False False" in result.stdout, result.stdout + result.stderr
+
+
+def test_builds_with_other_flags_get_their_own_directory(monkeypatch):
+    monkeypatch.delenv("KDCORE_CPP_PORTABLE", raising=False)
+    native = _backends.cpp_build_directory()
+    monkeypatch.setenv("KDCORE_CPP_PORTABLE", "1")
+    portable = _backends.cpp_build_directory()
+    assert native.parent == portable.parent and native.name != portable.name
+    assert native.name.startswith(_backends.CPP_LIBRARY + "_")
