@@ -16,10 +16,16 @@ KD closes (mean gain over mean gap). Targets: gain >= 2 points and gap closed >=
     python benchmarks/quality.py --merge s0.json s1.json s2.json  # seeds run side by side
     python benchmarks/quality.py --datasets fsdd --held-out george lucas  # other folds
     python benchmarks/quality.py --pool fsdd fsdd_heldoutgeorge --seeds 0 --into fsdd_folds
+    python benchmarks/quality.py --datasets synthetic --set transfer_clips=2048 \
+        --reuse-teacher 0 --alone-from synthetic  # KD-only variant: students alone as stored
 
 FSDD is read from ``../shared/data/fsdd`` (or ``--fsdd DIR``) and skipped when absent. Its test
 speaker is ``theo`` unless ``--held-out`` names others: each is a fold of its own, with its own
 teacher, stored under ``<key>_heldout<speaker>``.
+A variant that changes only what the KD student uses (``KD_ONLY_FIELDS``) can take the
+students alone of a stored key with ``--alone-from KEY`` instead of training them again: the
+recipe, data, seeds and teacher handling (hence initialisation) must match, and the entry
+records where its students alone came from (``students_alone``).
 Writes ``benchmarks/results/quality.json`` (merged per dataset) and the per-run reports under
 ``--work`` (default a temporary directory).
 """
