@@ -28,6 +28,13 @@ def test_unknown_backend_is_refused():
         _backends.resolve_backend("cuda", torch.device("cpu"))
 
 
+def _run_without_a_compiler(code: str, tmp_path, timeout: int) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python whose C++ builds fail fast, in a private build root."""
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"),
+               TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
 def test_no_compiler_falls_back_to_reference_with_one_warning(tmp_path):
     """With a compiler that always fails, auto uses the reference after a single warning and
     backend='cpp' is refused with the reason."""
@@ -45,10 +52,7 @@ def test_no_compiler_falls_back_to_reference_with_one_warning(tmp_path):
         "    print('REFUSED', error)\n"
         "print('VALUES', float(a), float(b))\n"
     )
-    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"),
-               TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = _run_without_a_compiler(code, tmp_path, timeout=300)
     output = result.stdout
     assert "WARNINGS 1 kdcore: the C++ CPU kernels could not be built" in output, (
         output + result.stderr)
@@ -68,10 +72,7 @@ def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_process(tmp_path):
         "warnings.simplefilter('ignore')\n"
         "print('BUILT', _backends.cpp_ops() is not None, (build / 'lock').exists())\n"
     )
-    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"),
-               TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = _run_without_a_compiler(code, tmp_path, timeout=120)
     assert "BUILT False False" in result.stdout, result.stdout + result.stderr
 
 
