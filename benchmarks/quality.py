@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, merge_results  # noqa: E402
 
 from kdcore.data import AudioSource, group_split, load_source  # noqa: E402
-from kdcore.demo import FULL, DemoConfig, compare, synthetic_transfer_set  # noqa: E402
+from kdcore.demo import FULL, DemoConfig, compare, generate_all, synthetic_sets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
@@ -71,17 +71,8 @@ CONFIGS = {
 
 
 def synthetic_data(config: DemoConfig):
-    from kdcore.data import SyntheticAudio
-
-    data_args = {"seed": DATA_SEED, "sample_rate": config.sample_rate,
-                 "duration": config.duration, "speakers": config.speakers}
-    train_set = SyntheticAudio(config.train_clips, split="train", **data_args)
-    test_set = SyntheticAudio(config.test_clips, split="test", **data_args)
-    transfer_set = (synthetic_transfer_set(config, DATA_SEED) if config.transfer_clips
-                    else None)
-    for dataset in (train_set, test_set, transfer_set or []):
-        for index in range(len(dataset)):
-            dataset[index]  # generate once; the cache serves every epoch
+    train_set, test_set, transfer_set = synthetic_sets(config, DATA_SEED)
+    generate_all(train_set, test_set, transfer_set)
     unlabelled = unlabelled_clause(config) if transfer_set else ""
     return (train_set, test_set, list(train_set.classes),
             f"SyntheticAudio ({train_set.num_classes} classes, {train_set.speakers} speakers "
@@ -406,7 +397,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping fsdd: no manifest.csv under {args.fsdd}")
     for name, held_out in folds:
         fold = name if held_out in (None, HELD_OUT_SPEAKER) else f"{name}_heldout{held_out}"
-        runs, teacher, given = [], None, []
+        runs, teacher = [], None
+        # whether each seed's compare call is handed a teacher (then none is created first)
+        given = [args.reuse_teacher is not None or (position > 0 and not args.teacher_per_seed)
+                 for position in range(len(args.seeds))]
         recipe = dataclasses.replace(CONFIGS[name], **overrides)
         started = time.perf_counter()
         if args.reuse_teacher is not None:
@@ -422,11 +416,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n### {name}, seed {seed}: {described}, {len(train_set)} train / "
                   f"{len(test_set)} test clips", flush=True)
             if args.alone_from and position == 0:  # every seed checked before any training
-                alone = {later: alone_rows_from(
-                    args.results, args.alone_from, recipe, described, later,
-                    teacher is not None or (index > 0 and not args.teacher_per_seed))
-                    for index, later in enumerate(args.seeds)}
-            given.append(teacher is not None)
+                alone = {later: alone_rows_from(args.results, args.alone_from, recipe,
+                                                described, later, teacher_given)
+                         for later, teacher_given in zip(args.seeds, given, strict=True)}
+            assert given[position] == (teacher is not None)
             result = compare(train_set, test_set, classes, config, work / fold / f"seed{seed}",
                              progress=False, teacher=teacher, transfer_set=transfer_set,
                              alone_rows=alone.get(seed))

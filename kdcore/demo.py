@@ -77,6 +77,27 @@ def synthetic_transfer_set(config: DemoConfig, data_seed: int) -> SyntheticAudio
                           speakers=None)
 
 
+def synthetic_sets(config: DemoConfig, data_seed: int
+                   ) -> tuple[SyntheticAudio, SyntheticAudio, SyntheticAudio | None]:
+    """The train and test splits of data seed ``data_seed`` and, with
+    ``config.transfer_clips``, the unlabelled transfer set (:func:`synthetic_transfer_set`).
+    Clips are generated on first access; :func:`generate_all` does it up front."""
+    data_args = {"seed": data_seed, "sample_rate": config.sample_rate,
+                 "duration": config.duration, "speakers": config.speakers}
+    train_set = SyntheticAudio(config.train_clips, split="train", **data_args)
+    test_set = SyntheticAudio(config.test_clips, split="test", **data_args)
+    transfer_set = (synthetic_transfer_set(config, data_seed) if config.transfer_clips
+                    else None)
+    return train_set, test_set, transfer_set
+
+
+def generate_all(*datasets: SyntheticAudio | None) -> None:
+    """Generate every clip once (``None`` entries are skipped); the cache serves each epoch."""
+    for dataset in datasets:
+        for index in range(len(dataset or [])):
+            dataset[index]
+
+
 def kd_epochs(config: DemoConfig, train_clips: int) -> int:
     """Epochs of the KD student over ``train_clips + config.transfer_clips`` clips that give
     it the optimizer steps of ``config.epochs`` epochs over ``train_clips``; ValueError naming
@@ -198,19 +219,12 @@ def run_demo(*, quick: bool = False, out_dir: str | Path = "kdcore_demo",
     ``out_dir/results.json`` (see :func:`compare`)."""
     config = config or (QUICK if quick else FULL)
     started = time.perf_counter()
-    data_args = {"seed": config.seed, "sample_rate": config.sample_rate,
-                 "duration": config.duration, "speakers": config.speakers}
-    train_set = SyntheticAudio(config.train_clips, split="train", **data_args)
-    test_set = SyntheticAudio(config.test_clips, split="test", **data_args)
-    transfer_set = (synthetic_transfer_set(config, config.seed) if config.transfer_clips
-                    else None)
+    train_set, test_set, transfer_set = synthetic_sets(config, config.seed)
     print(f"SyntheticAudio: {len(train_set)} train / {len(test_set)} test clips, "
           f"{train_set.num_classes} classes, {config.duration} s at {config.sample_rate} Hz"
           + (f", {config.transfer_clips} unlabelled clips for KD" if transfer_set else ""),
           flush=True)
-    for dataset in (train_set, test_set, transfer_set or []):
-        for index in range(len(dataset)):
-            dataset[index]  # generate once; the cache serves every epoch
+    generate_all(train_set, test_set, transfer_set)
     results = compare(train_set, test_set, list(train_set.classes), config, out_dir,
                       progress=progress, started=started, transfer_set=transfer_set)
     print()
@@ -263,9 +277,13 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     student_alone = create("student_dscnn", classes, n_mels=config.n_mels,
                            width=config.student_width)
     student_kd = copy.deepcopy(student_alone)  # same initialisation
+    uniform = ConstantTeacher(classes)
+    alone_runs = [("student alone", uniform, student_alone, 0.0, 0.0, train_set, config.epochs)]
+    if config.mixup > 0 and config.mixup_control:
+        alone_runs.append(("alone + mixup", uniform, copy.deepcopy(student_alone), 0.0,
+                           config.mixup, train_set, config.epochs))
     if alone_rows is not None:
-        expected = ["student alone"] + (["alone + mixup"] if config.mixup > 0
-                                        and config.mixup_control else [])
+        expected = [run[0] for run in alone_runs]
         given = [row.get("model") for row in alone_rows]
         sizes = [row.get("parameters") for row in alone_rows]
         if given != expected or set(sizes) != {student_kd.num_parameters()}:
@@ -277,7 +295,6 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
             torch.manual_seed(config.seed + index)
             members.append(create("teacher_cnn", classes, n_mels=config.n_mels,
                                   width=config.teacher_width))
-    uniform = ConstantTeacher(classes)
     histories, rows, extra = {}, [], {}
     probe = torch.stack([test_set[i].waveform for i in range(min(64, len(test_set)))])
 
@@ -315,13 +332,9 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
               "(trained earlier: evaluated only)", flush=True)
     rows.append(evaluate("teacher", teacher, _frontend(config), teacher_seconds))
 
-    runs = [("student alone", uniform, student_alone, 0.0, 0.0, train_set, config.epochs)]
-    if config.mixup > 0 and config.mixup_control:
-        runs.append(("alone + mixup", uniform, copy.deepcopy(student_alone), 0.0,
-                     config.mixup, train_set, config.epochs))
+    runs = alone_runs if alone_rows is None else []
     if alone_rows is not None:
         rows.extend(alone_rows)
-        runs = []
     kd_set = train_set if transfer_set is None else TransferSet(train_set, transfer_set)
     runs.append(("student + KD", teacher, student_kd, config.alpha, config.mixup, kd_set,
                  distil_epochs))
