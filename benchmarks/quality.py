@@ -59,6 +59,7 @@ DATA_SEED = 0  # one dataset; the run seeds vary initialisation, data order and 
 # DemoConfig fields only the KD student uses: a run that changes no other field can take the
 # students alone of a stored run (--alone-from) instead of training them again.
 KD_ONLY_FIELDS = ("temperature", "alpha", "transfer_clips")
+TRAINED_ALONE = "trained in this run"
 
 # The demo's full recipe on SyntheticAudio. On FSDD: 0.75 s crops (97 % of the recordings are
 # shorter), 2500 train clips from five speakers, 500 test clips, and the first demo recipe
@@ -261,7 +262,9 @@ def merge_seed_files(files: list[Path], out: Path) -> None:
     stored under the same key into one entry of ``out``: runs concatenated in file order,
     summary recomputed. Every key of every file is merged, each from the files that hold it.
     Refuses a seed that appears twice, or a recipe or data description (``dataset``,
-    ``train_clips``, ``test_clips``) that differs."""
+    ``train_clips``, ``test_clips``) that differs. Files whose students alone came from
+    different places (``students_alone``: trained, or taken with ``--alone-from``) are merged
+    with that recorded per run."""
     loaded = [json.loads(path.read_text()) for path in files]
     keys = list(dict.fromkeys(key for data in loaded for key in data))
     for key in keys:
@@ -271,12 +274,17 @@ def merge_seed_files(files: list[Path], out: Path) -> None:
             raise SystemExit(f"--merge: {key}: seed repeated across files ({seeds})")
         if any(payload["config"] != payloads[0]["config"] for payload in payloads):
             raise SystemExit(f"--merge: {key}: the files hold different recipes")
-        for field in ("dataset", "train_clips", "test_clips", "students_alone"):
+        for field in ("dataset", "train_clips", "test_clips"):
             if any(payload.get(field) != payloads[0].get(field) for payload in payloads):
                 raise SystemExit(f"--merge: {key}: the files describe different data "
                                  f"({field!r} differs)")
-        runs = [run for payload in payloads for run in payload["runs"]]
-        merged = payloads[0] | {
+        sources = [payload.get("students_alone", TRAINED_ALONE) for payload in payloads]
+        per_run = len(set(sources)) > 1
+        runs = [({"students_alone": source} if per_run else {}) | run
+                for payload, source in zip(payloads, sources, strict=True)
+                for run in payload["runs"]]
+        merged = payloads[0] | ({"students_alone": "per run (runs[].students_alone)"}
+                                if per_run else {}) | {
             "seeds": seeds, "runs": runs, "summary": summarise(runs),
             "seconds": sum(payload["seconds"] for payload in payloads),
             "merged_from": [f"{len(payload['seeds'])} seed(s) in {payload['seconds']:.0f} s, "

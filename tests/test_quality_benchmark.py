@@ -315,12 +315,23 @@ def test_alone_from_takes_the_stored_students_alone_of_each_seed(tmp_path, monke
     assert "synthetic_epochs360" in entry["students_alone"]
     assert [run["teacher_given"] for run in entry["runs"]] == [False, True]
     assert entry["summary"]["kd_gain_points"]["values"] == pytest.approx([5.0, 3.0])
-    # seeds stored with and without a taken student alone are not merged into one key
+    # seeds stored with and without taken students alone merge with the source per run
     other = tmp_path / "other.json"
-    other.write_text(json.dumps({"synthetic_epochs360_transfer_clips64": entry | {
-        "seeds": [2], "runs": entry["runs"][:1], "students_alone": None}}))
-    with pytest.raises(SystemExit, match="students_alone"):
-        quality.merge_seed_files([out, other], tmp_path / "merged.json")
+    trained = {key: value for key, value in entry.items() if key != "students_alone"}
+    other.write_text(json.dumps({"synthetic_epochs360_transfer_clips64": trained | {
+        "seeds": [2], "runs": [entry["runs"][0] | {"seed": 2}]}}))
+    quality.merge_seed_files([out, other], tmp_path / "merged.json")
+    merged = json.loads((tmp_path / "merged.json").read_text())[
+        "synthetic_epochs360_transfer_clips64"]
+    assert merged["seeds"] == [0, 1, 2]
+    assert merged["students_alone"].startswith("per run")
+    assert [run["students_alone"] for run in merged["runs"]] == [
+        entry["students_alone"], entry["students_alone"], quality.TRAINED_ALONE]
+    # files that agree keep the one entry-level record and no per-run copies
+    quality.merge_seed_files([out], tmp_path / "same.json")
+    same = json.loads((tmp_path / "same.json").read_text())["synthetic_epochs360_transfer_clips64"]
+    assert same["students_alone"] == entry["students_alone"]
+    assert all("students_alone" not in run for run in same["runs"])
 
 
 def test_alone_from_refuses_other_recipes_data_seeds_and_initialisations(tmp_path):
