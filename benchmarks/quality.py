@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, merge_results  # noqa: E402
+from _common import cpu_model, environment, merge_results  # noqa: E402
 
 from kdcore.data import AudioSource, group_split, load_source  # noqa: E402
 from kdcore.demo import FULL, DemoConfig, compare, generate_all, synthetic_sets  # noqa: E402
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         } | ({"students_alone": f"taken from {args.alone_from!r} of {args.results.name} (not "
                                 "trained again: same recipe for them, data, seeds and "
                                 "initialisation)"} if args.alone_from else {}) | {
-            "environment": environment() | {"cpu_count": os.cpu_count(),
+            "environment": environment() | {"cpu": cpu_model(), "cpu_count": os.cpu_count(),
                                             "torch_threads": torch.get_num_threads(),
                                             "device": "cpu"},
         }
