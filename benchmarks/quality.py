@@ -57,8 +57,9 @@ FSDD = ROOT.parent / "shared" / "data" / "fsdd"
 HELD_OUT_SPEAKER = "theo"
 DATA_SEED = 0  # one dataset; the run seeds vary initialisation, data order and augmentation
 # DemoConfig fields only the KD student uses: a run that changes no other field can take the
-# students alone of a stored run (--alone-from) instead of training them again.
-KD_ONLY_FIELDS = ("temperature", "alpha", "transfer_clips")
+# students alone of a stored run (--alone-from) instead of training them again. Ensemble
+# members after the first are created after the students, so "teachers" leaves them alone.
+KD_ONLY_FIELDS = ("temperature", "alpha", "transfer_clips", "teachers")
 TRAINED_ALONE = "trained in this run"
 
 # The demo's full recipe on SyntheticAudio. On FSDD: 0.75 s crops (97 % of the recordings are

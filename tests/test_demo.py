@@ -164,6 +164,22 @@ def test_compare_trains_an_ensemble_teacher_with_seeded_members(tmp_path):
     assert rows["teacher"]["parameters"] == sum(m.num_parameters() for m in teacher.members)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["teacher_members_accuracy"] == results["teacher_members_accuracy"]
+    # members after the first are created after the students, so the students alone do not
+    # depend on the member count (benchmarks/quality.py --alone-from counts it KD-only)
+    single = compare(train_set, test_set, list(train_set.classes),
+                     dataclasses.replace(config, teachers=1), tmp_path / "single",
+                     progress=False)
+    alone, alone_single = rows["student alone"], single["rows"][1]
+    assert alone_single["model"] == "student alone"
+    for field in ("accuracy", "macro_f1"):
+        assert alone_single[field] == alone[field]
+    for name in ("student_alone", "teacher"):
+        weights = torch.load(tmp_path / name / "checkpoints" / "last.pt",
+                             weights_only=True)["student"]
+        weights_single = torch.load(tmp_path / "single" / name / "checkpoints" / "last.pt",
+                                    weights_only=True)["student"]
+        for key, value in weights.items():
+            assert torch.equal(value, weights_single[key]), (name, key)
 
 
 def test_compare_with_a_transfer_set_gives_the_kd_student_the_same_optimizer_steps(tmp_path):
