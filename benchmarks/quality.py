@@ -265,7 +265,7 @@ def merge_seed_files(files: list[Path], out: Path) -> None:
     Refuses a seed that appears twice, or a recipe or data description (``dataset``,
     ``train_clips``, ``test_clips``) that differs. Files whose students alone came from
     different places (``students_alone``: trained, or taken with ``--alone-from``) are merged
-    with that recorded per run."""
+    with that recorded per run; so are files run on different CPU models (``merged_from``)."""
     loaded = [json.loads(path.read_text()) for path in files]
     keys = list(dict.fromkeys(key for data in loaded for key in data))
     for key in keys:
@@ -284,12 +284,18 @@ def merge_seed_files(files: list[Path], out: Path) -> None:
         runs = [({"students_alone": source} if per_run else {}) | run
                 for payload, source in zip(payloads, sources, strict=True)
                 for run in payload["runs"]]
+        cpus = [payload.get("environment", {}).get("cpu", "not recorded")
+                for payload in payloads]
+        environment = ({"environment": payloads[0]["environment"] | {
+            "cpu": cpus[0] if len(set(cpus)) == 1 else "per file (merged_from)"}}
+            if "environment" in payloads[0] else {})
         merged = payloads[0] | ({"students_alone": "per run (runs[].students_alone)"}
-                                if per_run else {}) | {
+                                if per_run else {}) | environment | {
             "seeds": seeds, "runs": runs, "summary": summarise(runs),
             "seconds": sum(payload["seconds"] for payload in payloads),
             "merged_from": [f"{len(payload['seeds'])} seed(s) in {payload['seconds']:.0f} s, "
-                            f"teacher {payload['teacher']}" for payload in payloads],
+                            f"teacher {payload['teacher']}, CPU {cpu}"
+                            for payload, cpu in zip(payloads, cpus, strict=True)],
         }
         print("\n" + format_summary(key, merged["summary"]), flush=True)
         merge_results(out, key, merged)

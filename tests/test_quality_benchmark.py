@@ -81,6 +81,28 @@ def test_merge_concatenates_seeds_and_recomputes_the_summary(tmp_path):
     assert merged["summary"]["gap_closed"] == pytest.approx((7 / 3) / 5)
 
 
+def test_merge_records_the_cpu_of_each_file_when_they_differ(tmp_path):
+    def with_cpu(path, seed, cpu):
+        _seed_file(path, [seed], [_run(0.98, 0.92, 0.95)])
+        data = json.loads(path.read_text())
+        data["synthetic_epochs120"]["environment"] = {"torch": "2.13.0+cpu"} | (
+            {"cpu": cpu} if cpu else {})
+        path.write_text(json.dumps(data))
+        return path
+
+    same = [with_cpu(tmp_path / f"s{seed}.json", seed, "Xeon") for seed in (0, 1)]
+    quality.merge_seed_files(same, tmp_path / "same.json")
+    merged = json.loads((tmp_path / "same.json").read_text())["synthetic_epochs120"]
+    assert merged["environment"] == {"torch": "2.13.0+cpu", "cpu": "Xeon"}
+    older = with_cpu(tmp_path / "s2.json", 2, None)  # written before the cpu was recorded
+    epyc = with_cpu(tmp_path / "s3.json", 3, "EPYC")
+    quality.merge_seed_files([*same, older, epyc], tmp_path / "mixed.json")
+    merged = json.loads((tmp_path / "mixed.json").read_text())["synthetic_epochs120"]
+    assert merged["environment"]["cpu"] == "per file (merged_from)"
+    assert [entry.rsplit("CPU ", 1)[1] for entry in merged["merged_from"]] == [
+        "Xeon", "Xeon", "not recorded", "EPYC"]
+
+
 def test_merge_keeps_keys_that_only_later_files_hold(tmp_path):
     short = _seed_file(tmp_path / "short.json", [0, 1], [_run(0.98, 0.92, 0.95)] * 2)
     long = _seed_file(tmp_path / "long.json", [0], [_run(0.98, 0.90, 0.97)],
