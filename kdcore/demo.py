@@ -35,7 +35,8 @@ class DemoConfig:
     members; member k >= 1 is initialised and trained with seed ``seed + k``. With
     ``transfer_clips`` > 0 the KD student also trains on that many unlabelled clips
     (:class:`kdcore.data.TransferSet`: the teacher labels them, the KD term alone) and takes
-    fewer epochs over the larger set, as many optimizer steps as the students alone."""
+    fewer epochs over the larger set, as many optimizer steps as the students alone.
+    ``student_pooling`` is the students' :class:`kdcore.models.StudentDSCNN` ``pooling``."""
 
     train_clips: int
     test_clips: int
@@ -50,6 +51,7 @@ class DemoConfig:
     teacher_width: int = 16
     teachers: int = 1
     student_width: int = 16
+    student_pooling: str = "mean"
     batch_size: int = 64
     lr: float = 5e-3
     teacher_lr: float = 3e-3
@@ -275,7 +277,7 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     members = [] if trained else [create("teacher_cnn", classes, n_mels=config.n_mels,
                                          width=config.teacher_width)]
     student_alone = create("student_dscnn", classes, n_mels=config.n_mels,
-                           width=config.student_width)
+                           width=config.student_width, pooling=config.student_pooling)
     student_kd = copy.deepcopy(student_alone)  # same initialisation
     uniform = ConstantTeacher(classes)
     alone_runs = [("student alone", uniform, student_alone, 0.0, 0.0, train_set, config.epochs)]

@@ -88,6 +88,40 @@ def test_transformer_macs_include_attention():
     assert model.macs(frames) == expected
 
 
+@pytest.mark.parametrize("pooling", ["mean", "meanmax"])
+def test_student_pooling_against_a_float64_reference(pooling):
+    torch.manual_seed(0)
+    model = create("student_dscnn", NUM_CLASSES, n_mels=24, width=6, pooling=pooling).eval()
+    features = torch.randn(3, 24, 37) * 4
+    captured = {}
+
+    def keep_maps(module, args, output):
+        captured["maps"] = output.detach().double().numpy()
+
+    model.blocks[-1].register_forward_hook(keep_maps)
+    logits = model(features)
+    maps = captured["maps"]  # (B, C, F, T)
+    if pooling == "mean":
+        pooled = maps.mean(axis=(2, 3))
+    else:
+        over_frequency = maps.mean(axis=2)
+        pooled = over_frequency.mean(axis=2) + over_frequency.max(axis=2)
+    weight = model.classifier.weight.detach().double().numpy()
+    bias = model.classifier.bias.detach().double().numpy()
+    expected = pooled @ weight.T + bias
+    torch.testing.assert_close(logits.double(), torch.from_numpy(expected), rtol=1e-5,
+                               atol=1e-5)
+    rebuilt = create("student_dscnn", NUM_CLASSES, **model.config())
+    assert rebuilt.pooling == pooling
+    assert rebuilt.num_parameters() == StudentDSCNN(NUM_CLASSES, n_mels=24, width=6
+                                                   ).num_parameters()
+
+
+def test_student_pooling_is_checked():
+    with pytest.raises(ValueError, match="pooling must be one of .*'max'"):
+        create("student_dscnn", NUM_CLASSES, pooling="max")
+
+
 def test_factory_errors_are_clear():
     assert {"teacher_cnn", "student_dscnn", "transformer", "hf"} <= set(available_models())
     with pytest.raises(ValueError, match="unknown model 'resnet9000'.*student_dscnn"):

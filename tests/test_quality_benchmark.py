@@ -15,9 +15,10 @@ _SPEC.loader.exec_module(quality)
 
 def test_overrides_are_cast_to_the_recipe_field_types():
     overrides = quality.parse_overrides(["student_width=32", "temperature=4",
-                                         "mixup_control=false", "teacher_epochs=20"])
+                                         "mixup_control=false", "teacher_epochs=20",
+                                         "student_pooling=meanmax"])
     assert overrides == {"student_width": 32, "temperature": 4.0, "mixup_control": False,
-                         "teacher_epochs": 20}
+                         "teacher_epochs": 20, "student_pooling": "meanmax"}
     assert type(overrides["temperature"]) is float
 
 

@@ -81,10 +81,15 @@ class _SeparableBlock(nn.Sequential):
             nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
+POOLINGS = ("mean", "meanmax")
+
+
 class StudentDSCNN(AudioClassifier):
     """Depthwise-separable CNN (KWS-style): input BatchNorm, 3x3 stride-2 stem to ``width``
     channels, separable blocks to ``width * (1, 2, 4)`` channels (stride 2 at each widening)
-    plus ``extra_blocks`` more at ``4 * width``, global average pooling, linear.
+    plus ``extra_blocks`` more at ``4 * width``, pooling, linear. ``pooling="mean"`` averages
+    over frequency and time; ``"meanmax"`` averages over frequency, then adds the mean and the
+    max over time, as :class:`TeacherCNN` does (no parameters either way).
     Parameters ~ 31 * width^2 (extra_blocks=1): width 24 gives ~21k, 64 ~130k, 176 ~0.87M.
 
     Input log-mel (B, n_mels, frames) float; output logits (B, num_classes). Stages for feature
@@ -93,14 +98,17 @@ class StudentDSCNN(AudioClassifier):
     model_name = "student_dscnn"
 
     def __init__(self, num_classes: int, *, n_mels: int = 64, width: int = 24,
-                 extra_blocks: int = 1, dropout: float = 0.1) -> None:
+                 extra_blocks: int = 1, dropout: float = 0.1, pooling: str = "mean") -> None:
         super().__init__()
         self.num_classes = _check_size("num_classes", num_classes, 2)
         self.n_mels = _check_size("n_mels", n_mels, 8)
         _check_size("width", width, 1)
         _check_size("extra_blocks", extra_blocks, 0)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         self._config = {"n_mels": n_mels, "width": width, "extra_blocks": extra_blocks,
-                        "dropout": dropout}
+                        "dropout": dropout, "pooling": pooling}
         self.input_norm = nn.BatchNorm1d(n_mels)
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, stride=2, padding=1, bias=False),
                                   nn.BatchNorm2d(width), nn.ReLU(inplace=True))
@@ -115,4 +123,9 @@ class StudentDSCNN(AudioClassifier):
         x = self.stem(self.input_norm(features).unsqueeze(1))
         for block in self.blocks:
             x = block(x)
-        return self.classifier(self.dropout(x.mean(dim=(2, 3))))
+        if self.pooling == "mean":
+            pooled = x.mean(dim=(2, 3))
+        else:
+            over_time = x.mean(dim=2)
+            pooled = over_time.mean(dim=-1) + over_time.amax(dim=-1)
+        return self.classifier(self.dropout(pooled))
