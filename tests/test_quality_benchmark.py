@@ -58,11 +58,13 @@ def test_summary_by_hand():
 
 
 def _seed_file(path, seeds, runs, config=None, dataset="SyntheticAudio",
-               key="synthetic_epochs120"):
+               key="synthetic_epochs120", environment=None):
     payload = {"seeds": seeds, "runs": runs, "seconds": 10.0 * len(seeds),
                "config": config or {"epochs": 120}, "teacher": "trained once (seed 0)",
                "summary": quality.summarise(runs), "dataset": dataset,
                "train_clips": 2048, "test_clips": 512}
+    if environment is not None:
+        payload["environment"] = environment
     path.write_text(json.dumps({key: payload}))
     return path
 
@@ -84,12 +86,8 @@ def test_merge_concatenates_seeds_and_recomputes_the_summary(tmp_path):
 
 def test_merge_records_the_cpu_of_each_file_when_they_differ(tmp_path):
     def with_cpu(path, seed, cpu):
-        _seed_file(path, [seed], [_run(0.98, 0.92, 0.95)])
-        data = json.loads(path.read_text())
-        data["synthetic_epochs120"]["environment"] = {"torch": "2.13.0+cpu"} | (
-            {"cpu": cpu} if cpu else {})
-        path.write_text(json.dumps(data))
-        return path
+        return _seed_file(path, [seed], [_run(0.98, 0.92, 0.95)],
+                          environment={"torch": "2.13.0+cpu"} | ({"cpu": cpu} if cpu else {}))
 
     same = [with_cpu(tmp_path / f"s{seed}.json", seed, "Xeon") for seed in (0, 1)]
     quality.merge_seed_files(same, tmp_path / "same.json")

@@ -21,6 +21,12 @@ def _check_dropout(dropout: object) -> float:
     return float(dropout)
 
 
+def _mean_max_over_time(maps: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, T) -> (B, C): mean over frequency, then mean + max over time."""
+    over_frequency = maps.mean(dim=2)
+    return over_frequency.mean(dim=-1) + over_frequency.amax(dim=-1)
+
+
 class _ConvBlock(nn.Sequential):
     """Two 3x3 conv-BN-ReLU layers, then 2x2 average pooling when ``pool``."""
 
@@ -64,9 +70,7 @@ class TeacherCNN(AudioClassifier):
         x = self.input_norm(features).unsqueeze(1)
         for block in self.blocks:
             x = block(x)
-        x = x.mean(dim=2)
-        pooled = x.mean(dim=-1) + x.amax(dim=-1)
-        return self.classifier(self.dropout(pooled))
+        return self.classifier(self.dropout(_mean_max_over_time(x)))
 
 
 class _SeparableBlock(nn.Sequential):
@@ -123,9 +127,5 @@ class StudentDSCNN(AudioClassifier):
         x = self.stem(self.input_norm(features).unsqueeze(1))
         for block in self.blocks:
             x = block(x)
-        if self.pooling == "mean":
-            pooled = x.mean(dim=(2, 3))
-        else:
-            over_time = x.mean(dim=2)
-            pooled = over_time.mean(dim=-1) + over_time.amax(dim=-1)
+        pooled = x.mean(dim=(2, 3)) if self.pooling == "mean" else _mean_max_over_time(x)
         return self.classifier(self.dropout(pooled))
