@@ -124,8 +124,10 @@ def alone_rows_from(path: Path, key: str, recipe: DemoConfig, described: str, se
     if differ:
         raise SystemExit(f"--alone-from: {key} trained its students alone with another "
                          f"recipe ({', '.join(differ)} differ)")
+    # labelled data alike; either side may have had a transfer set, which only KD used
     labelled = described.replace(unlabelled_clause(recipe), "")
-    if entry.get("dataset") != labelled:
+    stored_transfer = dataclasses.replace(FULL, transfer_clips=stored["transfer_clips"])
+    if str(entry.get("dataset")).replace(unlabelled_clause(stored_transfer), "") != labelled:
         raise SystemExit(f"--alone-from: {key} ran on other data ({entry.get('dataset')!r})")
     if seed not in entry["seeds"]:
         raise SystemExit(f"--alone-from: {key} has no run of seed {seed} "

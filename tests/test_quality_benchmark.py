@@ -389,6 +389,17 @@ def test_alone_from_refuses_other_recipes_data_seeds_and_initialisations(tmp_pat
                                                       "1 seed(s) in 1 s, teacher trained once"])
     with pytest.raises(SystemExit, match="does not record which seeds"):
         quality.alone_rows_from(merged, "synthetic_epochs360", recipe, "fake data", 1, True)
+    # a stored KD student with a transfer set: its students alone serve a run without one
+    with_transfer = dataclasses.replace(recipe, transfer_clips=64)
+    transfer_path = _stored_alone(tmp_path / "transfer.json", "trained per seed", runs)
+    stored = json.loads(transfer_path.read_text())
+    stored["synthetic_epochs360"]["config"]["transfer_clips"] = 64
+    stored["synthetic_epochs360"]["dataset"] += quality.unlabelled_clause(with_transfer)
+    transfer_path.write_text(json.dumps(stored))
+    assert quality.alone_rows_from(transfer_path, "synthetic_epochs360", recipe, "fake data",
+                                   1, False) == [runs[1]["rows"][1]]
+    with pytest.raises(SystemExit, match="ran on other data"):
+        quality.alone_rows_from(transfer_path, "synthetic_epochs360", recipe, "FSDD", 1, False)
     per_seed = _stored_alone(tmp_path / "per_seed.json", "trained per seed", runs)
     assert quality.alone_rows_from(per_seed, "synthetic_epochs360", recipe, "fake data", 1,
                                    False) == [runs[1]["rows"][1]]
