@@ -75,16 +75,16 @@ CONFIGS = {
 def synthetic_data(config: DemoConfig):
     train_set, test_set, transfer_set = synthetic_sets(config, DATA_SEED)
     generate_all(train_set, test_set, transfer_set)
-    unlabelled = unlabelled_clause(config) if transfer_set else ""
+    unlabelled = unlabelled_clause(config.transfer_clips) if transfer_set else ""
     return (train_set, test_set, list(train_set.classes),
             f"SyntheticAudio ({train_set.num_classes} classes, {train_set.speakers} speakers "
             f"per split, test speakers unseen in training, data seed {DATA_SEED}{unlabelled})",
             transfer_set)
 
 
-def unlabelled_clause(config: DemoConfig) -> str:
+def unlabelled_clause(transfer_clips: int) -> str:
     """What ``synthetic_data`` adds to the data description for a transfer set."""
-    return (f"; KD adds {config.transfer_clips} unlabelled clips, a new voice each "
+    return (f"; KD adds {transfer_clips} unlabelled clips, a new voice each "
             f"(data seed {DATA_SEED + 1})")
 
 
@@ -125,9 +125,10 @@ def alone_rows_from(path: Path, key: str, recipe: DemoConfig, described: str, se
         raise SystemExit(f"--alone-from: {key} trained its students alone with another "
                          f"recipe ({', '.join(differ)} differ)")
     # labelled data alike; either side may have had a transfer set, which only KD used
-    labelled = described.replace(unlabelled_clause(recipe), "")
-    stored_transfer = dataclasses.replace(FULL, transfer_clips=stored["transfer_clips"])
-    if str(entry.get("dataset")).replace(unlabelled_clause(stored_transfer), "") != labelled:
+    labelled = described.replace(unlabelled_clause(recipe.transfer_clips), "")
+    stored_labelled = str(entry.get("dataset")).replace(
+        unlabelled_clause(stored["transfer_clips"]), "")
+    if stored_labelled != labelled:
         raise SystemExit(f"--alone-from: {key} ran on other data ({entry.get('dataset')!r})")
     if seed not in entry["seeds"]:
         raise SystemExit(f"--alone-from: {key} has no run of seed {seed} "

@@ -309,7 +309,7 @@ def test_alone_from_takes_the_stored_students_alone_of_each_seed(tmp_path, monke
     calls = []
 
     def fake_data(config):
-        described = "fake data" + (quality.unlabelled_clause(config)
+        described = "fake data" + (quality.unlabelled_clause(config.transfer_clips)
                                    if config.transfer_clips else "")
         return [0] * 4, [0] * 2, ["a", "b"], described, None
 
@@ -390,11 +390,10 @@ def test_alone_from_refuses_other_recipes_data_seeds_and_initialisations(tmp_pat
     with pytest.raises(SystemExit, match="does not record which seeds"):
         quality.alone_rows_from(merged, "synthetic_epochs360", recipe, "fake data", 1, True)
     # a stored KD student with a transfer set: its students alone serve a run without one
-    with_transfer = dataclasses.replace(recipe, transfer_clips=64)
     transfer_path = _stored_alone(tmp_path / "transfer.json", "trained per seed", runs)
     stored = json.loads(transfer_path.read_text())
     stored["synthetic_epochs360"]["config"]["transfer_clips"] = 64
-    stored["synthetic_epochs360"]["dataset"] += quality.unlabelled_clause(with_transfer)
+    stored["synthetic_epochs360"]["dataset"] += quality.unlabelled_clause(64)
     transfer_path.write_text(json.dumps(stored))
     assert quality.alone_rows_from(transfer_path, "synthetic_epochs360", recipe, "fake data",
                                    1, False) == [runs[1]["rows"][1]]
