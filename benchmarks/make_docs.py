@@ -341,6 +341,11 @@ def quality_overrides(key: str, config: dict) -> tuple[str, list[str], list[str]
 def quality_command(key: str, entry: dict) -> str | None:
     if quality_family(key) == "older":
         return None
+    folds = entry.get("folds")
+    if folds and all(isinstance(fold, dict) and "key" in fold for fold in folds):
+        seeds = " ".join(str(seed) for seed in entry.get("seeds", []))
+        return (f"python benchmarks/quality.py --pool {' '.join(f['key'] for f in folds)} "
+                f"--seeds {seeds} --into {key}")
     parsed = quality_overrides(key, entry.get("config", {}))
     if parsed is None:
         return None
@@ -464,7 +469,7 @@ def render_quality_entry(key: str, entry: dict) -> list[str]:
         lines.append(f"- note: {cell(entry['note'])}")
     command = quality_command(key, entry)
     if command:
-        lines.append(f"- recipe (from the key): `{command}`")
+        lines.append(f"- command (rebuilt from the key): `{command}`")
     config = entry.get("config", {})
     if config:
         lines.append("- config: " + ", ".join(f"{k}={fmt(v)}" for k, v in config.items()))
@@ -496,7 +501,10 @@ def render_quality(data: dict) -> list[str]:
              "closed is the mean gain over the mean teacher-minus-alone gap. The target the "
              "recipes were measured against is a gain of at least 2 points with at least half "
              "the gap closed. Accuracies are mean ± sample std over seeds (over folds for the "
-             "pooled FSDD entry).", ""]
+             "pooled FSDD entry). `quality.json` does not store command lines: each entry's "
+             "command is rebuilt from its key, which `quality.py` makes from the dataset and "
+             "the `--set` overrides. Entries merged from several processes ran one seed per "
+             "process (`--out sN.json`, then `--merge`).", ""]
     sections = (("synthetic", "SyntheticAudio (32 classes, unseen test speakers)"),
                 ("fsdd", "FSDD spoken digits (one speaker held out)"),
                 ("older", "Earlier SyntheticAudio versions (generator since replaced)"),

@@ -184,3 +184,37 @@ def test_readme_is_short_and_keeps_the_quickstart():
     assert "bash scripts/demo.sh" in text and "bash scripts/test.sh" in text
     for page in ("losses", "frontend", "engine", "teachers", "cli", "results"):
         assert f"(docs/{page}.md)" in text, page
+
+
+def _code_blocks(language: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_python_blocks_compile():
+    blocks = _code_blocks("python")
+    assert blocks
+    for block in blocks:
+        compile(block, "README.md", "exec")
+
+
+def test_readme_commands_parse_and_scripts_exist():
+    """Every ``kdcore ...`` line of the README's bash blocks is accepted by the CLI's parser
+    (flags and choices exist), and every ``bash scripts/...`` names a file in the repo."""
+    import shlex
+
+    from kdcore import cli
+
+    build_parser = getattr(cli, "build_parser", None)
+    if build_parser is None:
+        pytest.skip("kdcore.cli has no build_parser() to check the commands against")
+    commands = 0
+    for block in _code_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["kdcore"]:
+                build_parser().parse_args(words[1:])
+                commands += 1
+            elif words[:1] == ["bash"]:
+                assert (ROOT / words[1]).is_file(), words[1]
+    assert commands >= 4
