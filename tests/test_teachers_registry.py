@@ -130,3 +130,22 @@ def test_hf_model_accepts_and_checks_n_mels(tmp_path):
         create("hf", 4, path=tmp_path, n_mels=64)
     with pytest.raises(ValueError, match="config.json"):
         teachers.load(f"hf:{tmp_path / 'nowhere'}")
+
+
+@pytest.mark.parametrize("name", ["crepe-tiny", "silero-vad"])
+def test_suggested_student_runs_on_its_frontend_at_the_teacher_hop(name):
+    if not teachers.is_installed(name):
+        pytest.skip(f"{teachers.spec(name).package} is not installed")
+    from kdcore.frontend import LogMel
+
+    bundle = teachers.load(name)
+    config = bundle.student.config
+    frontend = LogMel(**config["frontend"], backend="reference")
+    student = bundle.student.build()
+    waveform = torch.randn(2, 8000)
+    logits = student(frontend(waveform))
+    teacher = bundle(waveform)
+    assert logits.shape[0] == 2 and logits.shape[2] == bundle.output.size == config["num_outputs"]
+    assert config["frontend"]["hop_length"] == bundle.output.hop
+    assert abs(logits.shape[1] - teacher.shape[1]) <= 1  # centred frames vs ceil(T / hop)
+    assert sum(p.numel() for p in student.parameters()) <= bundle.num_parameters // 4
