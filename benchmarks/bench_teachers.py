@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print(name, f"{results[name]['frames_per_s']:.1f} frames/s")
     payload = {"benchmark": "teacher cache fill: frontend + model forward, no grad, CPU, "
                             "float32, FSDD speech resampled to 16 kHz; median of repeats",
-               "command": "python benchmarks/bench_teachers.py " + " ".join(
-                   argv if argv is not None else sys.argv[1:]),
+               "command": " ".join(["python benchmarks/bench_teachers.py",
+                                    *(argv if argv is not None else sys.argv[1:])]),
                "cpu": cpu_model(), "threads": torch.get_num_threads(),
                "load_average_1_5_15min": list(os.getloadavg()), **environment(),
                "results": results}
