@@ -6,6 +6,9 @@ CREPE-full is timed on a few frames only (about 0.1 s per frame on two cores).
 
     python benchmarks/bench_teachers.py [--teachers crepe-tiny,silero-vad,crepe-full]
         [--repeats 3]
+
+``frames_per_s`` counts output frames (CREPE: 10 ms frames, Silero: 32 ms chunks) or, for
+clip-level teachers, clips.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ def measure(name: str, repeats: int) -> dict:
     clips, seconds = WORKLOAD.get(name, (4, 1.0))
     batch = speech_batch(clips, seconds)
     output = bundle(batch)  # warm-up
-    frames = output.shape[0] * output.shape[1]
+    # frame-level teachers: output frames; clip-level ones (hop None): one output per item
+    frames = output.shape[0] * output.shape[1] if bundle.output.hop else output.shape[0]
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -77,7 +81,8 @@ def measure(name: str, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teachers", default="crepe-tiny,silero-vad,crepe-full")
+    parser.add_argument("--teachers", default=",".join(teachers.names()),
+                        help="comma-separated registry names (default: every registered one)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     if not (FSDD / "manifest.csv").is_file():
