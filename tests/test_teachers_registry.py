@@ -149,3 +149,19 @@ def test_suggested_student_runs_on_its_frontend_at_the_teacher_hop(name):
     assert config["frontend"]["hop_length"] == bundle.output.hop
     assert abs(logits.shape[1] - teacher.shape[1]) <= 1  # centred frames vs ceil(T / hop)
     assert sum(p.numel() for p in student.parameters()) <= bundle.num_parameters // 4
+
+
+@needs_transformers
+def test_hf_frontend_for_names_unsupported_directories(tmp_path):
+    from kdcore.teachers.hf import ASTFrontend, frontend_for
+
+    with pytest.raises(ValueError, match="config.json"):
+        frontend_for(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "wav2vec2"}')
+    with pytest.raises(ValueError, match="wav2vec2"):
+        frontend_for(tmp_path)
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "audio-spectrogram-transformer", "num_mel_bins": 16, "max_length": 20}')
+    frontend, rate = frontend_for(tmp_path)
+    assert isinstance(frontend, ASTFrontend) and rate == 16000
+    assert frontend(torch.zeros(1, 4000)).shape == (1, 16, 20)

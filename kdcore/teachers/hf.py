@@ -89,6 +89,19 @@ def _frontend(directory: Path, config: dict[str, Any]) -> tuple[nn.Module, int]:
                      f"{kind or model_type!r}; AST and Whisper style directories are supported")
 
 
+def frontend_for(path: str | Path) -> tuple[nn.Module, int]:
+    """The feature frontend of the local model directory ``path`` and its sample rate: waveform
+    (B, T) float32 -> the model's input features (B, n_mels, frames), as its own feature
+    extractor computes them. ValueError for a directory without config.json or with another
+    feature extractor."""
+    directory = Path(path)
+    config = _read_json(directory / "config.json")
+    if not config:
+        raise ValueError(f"path must be a local Hugging Face model directory with a "
+                         f"config.json, got {str(directory)!r}")
+    return _frontend(directory, config)
+
+
 def bundle(spec: TeacherSpec) -> TeacherBundle:
     """The registry factory for ``hf:PATH`` (``spec.options["path"]``)."""
     from kdcore.models import create
