@@ -23,7 +23,11 @@ class HFAudioClassifier(AudioClassifier):
 
     model_name = "hf"
 
-    def __init__(self, num_classes: int, *, path: str | os.PathLike) -> None:
+    def __init__(self, num_classes: int, *, path: str | os.PathLike,
+                 n_mels: int | None = None) -> None:
+        """``path``: the model directory; ``n_mels`` (default None: the model's own
+        ``num_mel_bins``): the caller's feature size, checked against the model's so that
+        ``kdcore train --model hf --n-mels N`` fails with a clear message on a mismatch."""
         super().__init__()
         try:
             from transformers import AutoModelForAudioClassification
@@ -40,8 +44,8 @@ class HFAudioClassifier(AudioClassifier):
             raise ValueError(f"num_classes={num_classes} but the model at {str(path)!r} has "
                              f"{config.num_labels} labels")
         main_input = getattr(model, "main_input_name", "input_values")
-        n_mels = getattr(config, "num_mel_bins", None)
-        if n_mels is None:
+        model_mels = getattr(config, "num_mel_bins", None)
+        if model_mels is None:
             raise ValueError(f"the model at {str(path)!r} takes raw waveforms "
                              f"({config.model_type}); only spectrogram models are supported")
         if main_input == "input_values":
@@ -50,8 +54,12 @@ class HFAudioClassifier(AudioClassifier):
             self.time_major = False
             positions = getattr(config, "max_source_positions", None)
             self.frames = 2 * positions if config.model_type == "whisper" and positions else None
+        if n_mels is not None and int(n_mels) != int(model_mels):
+            raise ValueError(f"n_mels={n_mels} but the model at {str(path)!r} takes "
+                             f"{model_mels} mel bins: use n_mels={model_mels} "
+                             f"(--n-mels {model_mels})")
         self.model, self.main_input = model, main_input
-        self.num_classes, self.n_mels = num_classes, int(n_mels)
+        self.num_classes, self.n_mels = num_classes, int(model_mels)
         self._config = {"path": str(directory)}
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
