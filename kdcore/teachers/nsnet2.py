@@ -121,8 +121,12 @@ class NSNet2:
     intra-op threads (default None: its own choice)."""
 
     def __init__(self, path: str | None = None, *, threads: int | None = None) -> None:
-        import onnx
-        import onnxruntime
+        try:
+            import onnx
+            import onnxruntime
+        except ImportError as error:
+            raise ImportError(f"the nsnet2 teacher needs onnx and onnxruntime ({error}); "
+                              "install with: pip install onnx onnxruntime") from error
 
         self.path = onnx_path() if path is None else str(path)
         options = onnxruntime.SessionOptions()
