@@ -18,6 +18,7 @@ from kdcore.data.audio import (
     resample,
 )
 from kdcore.data.augment import SpecAugment, WaveAugment
+from kdcore.data.mixtures import NoisyMixtures
 from kdcore.data.sources import (
     AudioRecord,
     AudioSource,
@@ -39,6 +40,7 @@ __all__ = [
     "AudioRecord",
     "AudioSource",
     "ManifestError",
+    "NoisyMixtures",
     "SkippedEntry",
     "SpecAugment",
     "SyntheticAudio",
