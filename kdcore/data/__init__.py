@@ -18,7 +18,9 @@ from kdcore.data.audio import (
     resample,
 )
 from kdcore.data.augment import SpecAugment, WaveAugment
+from kdcore.data.digits import ConnectedDigits, write_connected_digits
 from kdcore.data.mixtures import NoisyMixtures
+from kdcore.data.noise import NOISE_KINDS, make_noise, mix_at_snr
 from kdcore.data.sources import (
     AudioRecord,
     AudioSource,
@@ -32,6 +34,7 @@ from kdcore.data.synthetic import SyntheticAudio
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "NOISE_KINDS",
     "UNLABELLED",
     "AudioBatch",
     "AudioExample",
@@ -39,6 +42,7 @@ __all__ = [
     "AudioReadError",
     "AudioRecord",
     "AudioSource",
+    "ConnectedDigits",
     "ManifestError",
     "NoisyMixtures",
     "SkippedEntry",
@@ -51,6 +55,8 @@ __all__ = [
     "collate_audio",
     "group_split",
     "load_source",
+    "make_noise",
+    "mix_at_snr",
     "probe_audio",
     "random_crop",
     "read_audio",
@@ -58,4 +64,5 @@ __all__ = [
     "split_from_column",
     "stratified_split",
     "unlabelled_files",
+    "write_connected_digits",
 ]
