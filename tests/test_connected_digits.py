@@ -101,6 +101,8 @@ def test_errors_name_the_argument(tmp_path):
         ConnectedDigits(items, 3, digits=(3, 2))
     with pytest.raises(ValueError, match="speakers not found"):
         ConnectedDigits(items, 3, speakers=["zed"])
+    with pytest.raises(ValueError, match="sample_rate"):
+        ConnectedDigits(type("Rated", (list,), {"sample_rate": 16000})(items), 3)
     with pytest.raises(ValueError, match="clip_labels"):
         ConnectedDigits([torch.ones(10)] * 3, 3)
     bad = tmp_path / "m.csv"

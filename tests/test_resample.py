@@ -92,6 +92,14 @@ def test_batched_equals_rows_and_dtype_kept(dtype, tol):
     assert (y.double() - y64).abs().max() < (1e-5 if dtype == torch.float32 else 1e-14)
 
 
+def test_half_precision_computed_in_float32():
+    x = torch.randn(2, 500)
+    module = Resample(16000, 8000)
+    y = module(x.to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 250)
+    torch.testing.assert_close(y, module(x.to(torch.bfloat16).float()).to(torch.bfloat16))
+
+
 def test_gradient_flows():
     x = torch.randn(300, dtype=torch.float64, requires_grad=True)
     module = Resample(8000, 16000, lowpass_filter_width=4)

@@ -89,6 +89,10 @@ class ConnectedDigits(Dataset):
             if split is not None:
                 raise ValueError("split filters a manifest's split column; for a dataset "
                                  "source pass only the clips wanted")
+            rate = getattr(source, "sample_rate", None)
+            if rate is not None and rate != sample_rate:
+                raise ValueError(f"the source dataset is at {rate} Hz but sample_rate is "
+                                 f"{sample_rate}: resample the clips or pass sample_rate={rate}")
             self._dataset, self.source = source, None
             labels, clip_spk = self._dataset_meta(source, clip_labels, clip_speakers)
         labels = [str(v) for v in labels]
