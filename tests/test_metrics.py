@@ -208,6 +208,14 @@ def test_verification_trials_and_cosine():
                                       / np.linalg.norm(emb[j]))
 
 
+def test_mean_cosine_similarity_by_hand():
+    a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    b = np.array([[2.0, 0.0], [1.0, -1.0], [0.0, -1.0]])
+    assert M.mean_cosine_similarity(torch.from_numpy(a), b) == pytest.approx((1 + 0 - 1) / 3)
+    with pytest.raises(ValueError, match="zero vector"):
+        M.mean_cosine_similarity(np.zeros((1, 2)), np.ones((1, 2)))
+
+
 # ---------------------------------------------------------------------- tagging and frames
 def test_average_precision_matches_sklearn_with_ties():
     targets = (RNG.random((200, 6)) < 0.25).astype(int)

@@ -5,9 +5,16 @@ import os
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 
-from kdcore.data import AudioExample, AudioFileDataset, NoisyMixtures
+from kdcore.data import (
+    AudioExample,
+    AudioFileDataset,
+    NoisyMixtures,
+    TaggedMixtures,
+    write_tagged_mixtures,
+)
 from kdcore.data.noise import NOISE_KINDS
 from tests.conftest import SHARED
 
@@ -129,3 +136,69 @@ def test_real_fsdd_clips():
     for i in range(len(mixes)):
         item = mixes[i]
         assert abs(_snr(item["clean"], item["noisy"]) - item["snr_db"]) < 1e-6
+
+
+def _speech_clips():
+    g = torch.Generator().manual_seed(9)
+    return [torch.randn(1000 + 500 * i, generator=g) * 0.1 for i in range(4)]
+
+
+def test_tagged_mixtures_targets_match_events():
+    clips = _speech_clips()
+    data = TaggedMixtures(clips, 120, tags=("speech", "hum", "bursts", "tone", "pink"),
+                          duration_s=0.5, sample_rate=SR, seed=0)
+    counts = torch.zeros(5)
+    for i in range(len(data)):
+        item = data[i]
+        events, targets = item["events"], item["targets"]
+        assert events.shape == (5, SR // 2) and targets.shape == (5,)
+        torch.testing.assert_close(item["waveform"], events.sum(0), rtol=0, atol=1e-6)
+        active = events.abs().amax(-1) > 0
+        assert torch.equal(active, targets.bool()) and targets.sum() >= 1
+        assert item["labels"].split(";") == [t for t, p in zip(data.tags, targets.tolist(),
+                                                                strict=True) if p]
+        for c, tag in enumerate(data.tags):
+            if not targets[c]:
+                continue
+            x = events[c].double().numpy()
+            if tag == "speech":  # one whole clip (all shorter than the mixture), scaled
+                nz = np.flatnonzero(x)
+                piece = x[nz[0]:nz[-1] + 1]
+                source = [c.double().numpy() for c in clips if len(c) == len(piece)]
+                assert len(source) == 1
+                ratio = piece / source[0]
+                assert ratio.min() > 0 and np.allclose(ratio, ratio[0], rtol=1e-5)
+            elif tag == "tone":
+                power = np.abs(np.fft.rfft(x)) ** 2
+                freqs = np.fft.rfftfreq(len(x), 1 / SR)
+                peak = freqs[np.argmax(power)]
+                assert 290 <= peak <= 0.4 * SR + 10
+                assert power[np.abs(freqs - peak) <= 50].sum() > 0.95 * power.sum()
+        counts += targets
+    rates = counts / len(data)
+    assert ((rates > 0.35) & (rates < 0.75)).all()
+
+
+def test_tagged_mixtures_deterministic_and_written(tmp_path):
+    a = TaggedMixtures(_speech_clips(), 6, sample_rate=SR, seed=1)
+    b = TaggedMixtures(_speech_clips(), 6, sample_rate=SR, seed=1)
+    c = TaggedMixtures(_speech_clips(), 6, sample_rate=SR, seed=2)
+    assert all(torch.equal(a[i]["waveform"], b[i]["waveform"]) for i in range(6))
+    assert any(a[i]["labels"] != c[i]["labels"] or not torch.equal(a[i]["waveform"],
+                                                                    c[i]["waveform"])
+               for i in range(6))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    manifest = write_tagged_mixtures(a, tmp_path, split="train")
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["labels"] for r in rows] == [a[i]["labels"] for i in range(6)]
+    audio, rate = soundfile.read(str(tmp_path / rows[2]["path"]), dtype="float32")
+    assert rate == SR and np.array_equal(audio, a[2]["waveform"].numpy())
+    ramp = torch.arange(1, 10001, dtype=torch.float64)  # longer than the clip: a window of it
+    long = TaggedMixtures([ramp], 4, tags=("speech",), sample_rate=SR, duration_s=0.5)
+    steps = np.diff(long[0]["events"][0].double().numpy())
+    assert steps.min() > 0 and np.allclose(steps, steps[0], rtol=1e-3)
+    with pytest.raises(ValueError, match="speech"):
+        TaggedMixtures(None, 3)
+    with pytest.raises(ValueError, match="tags"):
+        TaggedMixtures(None, 3, tags=("rain",))

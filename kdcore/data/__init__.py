@@ -19,7 +19,7 @@ from kdcore.data.audio import (
 )
 from kdcore.data.augment import SpecAugment, WaveAugment
 from kdcore.data.digits import ConnectedDigits, write_connected_digits
-from kdcore.data.mixtures import NoisyMixtures
+from kdcore.data.mixtures import NoisyMixtures, TaggedMixtures, write_tagged_mixtures
 from kdcore.data.noise import NOISE_KINDS, make_noise, mix_at_snr
 from kdcore.data.sources import (
     AudioRecord,
@@ -48,6 +48,7 @@ __all__ = [
     "SkippedEntry",
     "SpecAugment",
     "SyntheticAudio",
+    "TaggedMixtures",
     "TransferSet",
     "WaveAugment",
     "augment",
@@ -65,4 +66,5 @@ __all__ = [
     "stratified_split",
     "unlabelled_files",
     "write_connected_digits",
+    "write_tagged_mixtures",
 ]

@@ -1,18 +1,24 @@
-"""Seeded (noisy, clean) pairs from a clean speech dataset and kdcore's procedural noises."""
+"""Seeded mixtures of speech and kdcore's procedural noises: (noisy, clean) pairs for
+enhancement (:class:`NoisyMixtures`) and multi-label clips for tagging (:class:`TaggedMixtures`)."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import soundfile
 import torch
 from torch.utils.data import Dataset
 
 from kdcore.data.noise import NOISE_KINDS, make_noise, scale_to_snr
 
-__all__ = ["NoisyMixtures", "item_seed", "split_item"]
+__all__ = ["EVENT_TAGS", "NoisyMixtures", "TaggedMixtures", "item_seed", "split_item",
+           "write_tagged_mixtures"]
 
 
 def item_seed(seed: int, index: int, salt: int = 0) -> int:
@@ -180,3 +186,162 @@ class NoisyMixtures(Dataset):
                   "speech": inner() if callable(inner)
                   else f"{type(self.speech).__qualname__}:{len(self.speech)}"}
         return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+EVENT_TAGS = ("speech", "hum", "bursts", "tone", "white", "pink", "brown")
+
+
+class TaggedMixtures(Dataset):
+    """Multi-label clips for audio tagging: each clip sums procedural events (and optionally a
+    speech clip), and its targets say which are present. Item ``i`` is the same on every call.
+
+    Args:
+        speech: a sized dataset of speech waveforms at ``sample_rate`` (items as in
+            :func:`split_item`); required when ``"speech"`` is among ``tags``. Default None.
+        num_clips: dataset length. Default 1000.
+        tags: the classes, a subset of :data:`EVENT_TAGS` (``speech``, ``hum``, ``bursts``,
+            ``tone``, ``white``, ``pink``, ``brown``). Default ``("speech", "hum", "bursts",
+            "tone")``.
+        probability: chance that each tag is present, independently; a clip with none gets
+            one drawn uniformly. Default 0.5.
+        level_db: ``(low, high)`` gain in dB drawn per event, applied to the event at unit RMS.
+            Default (-10, 0).
+        duration_s: clip length in seconds. Default 1.0.
+        sample_rate: Hz. Default 16000.
+        seed: base seed (clip ``i`` uses ``item_seed(seed, i, 1)``). Default 0.
+
+    Events: ``speech`` is a random clip of ``speech`` (unit RMS) at a random offset, cropped
+    to the clip; ``tone`` is a sine of ``U(300, min(3000, 0.4 fs))`` Hz over ``U(0.2, 0.8)`` of
+    the clip with 10 ms raised-cosine ramps; ``hum``, ``bursts``, ``white``, ``pink`` and
+    ``brown`` are :mod:`kdcore.data.noise` generators over the whole clip.
+
+    Items are dicts: ``waveform`` (T,) float32 (the sum of ``events``); ``events`` (C, T)
+    float32, one row per tag (zeros when absent); ``targets`` (C,) float32 multi-hot;
+    ``labels`` (str) the present tags joined by ``;`` (a manifest ``labels`` column);
+    ``index`` (int).
+    """
+
+    def __init__(self, speech: Dataset | None = None, num_clips: int = 1000, *,
+                 tags: Sequence[str] = ("speech", "hum", "bursts", "tone"),
+                 probability: float = 0.5, level_db: tuple[float, float] = (-10.0, 0.0),
+                 duration_s: float = 1.0, sample_rate: int = 16000, seed: int = 0) -> None:
+        if isinstance(num_clips, bool) or not isinstance(num_clips, int) or num_clips < 1:
+            raise ValueError(f"num_clips must be a positive int, got {num_clips!r}")
+        self.tags = tuple(tags)
+        bad = [t for t in self.tags if t not in EVENT_TAGS]
+        if not self.tags or bad or len(set(self.tags)) != len(self.tags):
+            raise ValueError(f"tags must be distinct names from {list(EVENT_TAGS)}, got "
+                             f"{list(tags)}")
+        if "speech" in self.tags and (speech is None or len(speech) == 0):
+            raise ValueError("tags includes 'speech': pass a non-empty speech dataset")
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability must be in [0, 1], got {probability!r}")
+        self.level_db = _snr_range(level_db)
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        self.num_samples = round(duration_s * sample_rate)
+        if self.num_samples < 64:
+            raise ValueError(f"duration_s must give at least 64 samples, got {duration_s!r}")
+        self.speech, self.num_clips, self.probability = speech, num_clips, float(probability)
+        self.sample_rate, self.duration_s, self.seed = sample_rate, float(duration_s), int(seed)
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def _event(self, tag: str, gen: torch.Generator) -> torch.Tensor:
+        n, rate = self.num_samples, self.sample_rate
+        if tag == "speech":
+            pick = int(torch.randint(len(self.speech), (), generator=gen))
+            clip, _ = split_item(self.speech[pick], f"speech[{pick}]")
+            clip = clip.double()
+            rms = clip.square().mean().sqrt()
+            if not rms > 0:
+                raise ValueError(f"speech[{pick}] is silent")
+            clip = clip / rms
+            out = torch.zeros(n, dtype=torch.float64)
+            if clip.numel() >= n:
+                start = int(torch.randint(clip.numel() - n + 1, (), generator=gen))
+                return clip[start:start + n]
+            start = int(torch.randint(n - clip.numel() + 1, (), generator=gen))
+            out[start:start + clip.numel()] = clip
+            return out
+        if tag == "tone":
+            high = min(3000.0, 0.4 * rate)
+            freq = 300.0 + (high - 300.0) * float(torch.rand((), generator=gen,
+                                                             dtype=torch.float64))
+            length = max(8, round(n * (0.2 + 0.6 * float(torch.rand((), generator=gen,
+                                                                    dtype=torch.float64)))))
+            start = int(torch.randint(n - length + 1, (), generator=gen))
+            t = torch.arange(length, dtype=torch.float64) / rate
+            tone = torch.sin(2 * np.pi * freq * t) * np.sqrt(2.0)
+            ramp = min(length // 2, round(0.01 * rate))
+            if ramp > 0:
+                edge = 0.5 - 0.5 * torch.cos(torch.linspace(0, np.pi, ramp, dtype=torch.float64))
+                tone[:ramp] *= edge
+                tone[-ramp:] *= edge.flip(0)
+            out = torch.zeros(n, dtype=torch.float64)
+            out[start:start + length] = tone
+            return out
+        noise_seed = int(torch.randint(2 ** 62, (), generator=gen))
+        return make_noise(tag, n, rate, noise_seed, dtype=torch.float64)
+
+    def __getitem__(self, index: int) -> dict:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        gen = torch.Generator().manual_seed(item_seed(self.seed, index, 1))
+        present = torch.rand(len(self.tags), generator=gen, dtype=torch.float64) \
+            < self.probability
+        if not bool(present.any()):
+            present[int(torch.randint(len(self.tags), (), generator=gen))] = True
+        events = torch.zeros(len(self.tags), self.num_samples, dtype=torch.float64)
+        low, high = self.level_db
+        for c, tag in enumerate(self.tags):
+            if present[c]:
+                gain_db = low + (high - low) * float(torch.rand((), generator=gen,
+                                                                dtype=torch.float64))
+                events[c] = self._event(tag, gen) * 10.0 ** (gain_db / 20.0)
+        events = events.to(torch.float32)
+        return {"waveform": events.sum(0), "events": events,
+                "targets": present.to(torch.float32),
+                "labels": ";".join(t for t, p in zip(self.tags, present.tolist(), strict=True)
+                                   if p),
+                "index": index}
+
+    def fingerprint(self) -> str:
+        """sha256 of the settings and the speech dataset's ``fingerprint()`` (else its type and
+        length)."""
+        inner = getattr(self.speech, "fingerprint", None)
+        speech = None if self.speech is None else (
+            inner() if callable(inner) else f"{type(self.speech).__qualname__}:{len(self.speech)}")
+        config = {"kind": "TaggedMixtures", "n": self.num_clips, "tags": self.tags,
+                  "p": self.probability, "level": self.level_db, "duration": self.duration_s,
+                  "rate": self.sample_rate, "seed": self.seed, "speech": speech}
+        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def write_tagged_mixtures(dataset: TaggedMixtures, out_dir: str | os.PathLike, *,
+                          indices: Sequence[int] | None = None,
+                          split: str | None = None, subtype: str = "FLOAT") -> Path:
+    """Write clips of ``dataset`` as ``out_dir/clip_NNNNNN.wav`` and ``out_dir/manifest.csv``
+    with columns ``path,labels`` (``;``-separated tags; plus ``split`` when given). ``indices``
+    default None (all); ``subtype`` the soundfile WAV subtype, default ``"FLOAT"`` (event sums
+    can exceed 1, which PCM would clip). Returns the manifest path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["path", "labels"] + (["split"] if split is not None else [])
+    manifest = out / "manifest.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for i in (range(len(dataset)) if indices is None else indices):
+            item = dataset[int(i)]
+            name = f"clip_{int(item['index']):06d}.wav"
+            soundfile.write(str(out / name), item["waveform"].numpy(), dataset.sample_rate,
+                            subtype=subtype)
+            row = {"path": name, "labels": item["labels"]}
+            if split is not None:
+                row["split"] = split
+            writer.writerow(row)
+    return manifest

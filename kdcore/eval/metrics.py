@@ -33,6 +33,7 @@ __all__ = [
     "frame_f1",
     "hz_to_cents",
     "mean_average_precision",
+    "mean_cosine_similarity",
     "micro_average_precision",
     "pesq_wb",
     "pitch_metrics",
@@ -389,6 +390,19 @@ def cosine_scores(embeddings: object, first: object, second: object) -> np.ndarr
     e = e / norm
     a, b = _np(first, "first", np.int64), _np(second, "second", np.int64)
     return np.sum(e[a] * e[b], axis=1)
+
+
+def mean_cosine_similarity(estimate: object, reference: object) -> float:
+    """Mean over rows of the cosine between ``estimate`` and ``reference`` embeddings, each
+    (N, D) (e.g. a student's and its teacher's). Zero vectors raise an error."""
+    a, b = _np(estimate, "estimate"), _np(reference, "reference")
+    _same_shape(a, b, "estimate and reference")
+    if a.ndim != 2 or a.shape[0] == 0:
+        raise ValueError(f"estimate and reference must be (N, D) with N >= 1, got {a.shape}")
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    if np.any(na == 0) or np.any(nb == 0):
+        raise ValueError("an embedding is the zero vector: cosine is undefined")
+    return float(np.mean(np.sum(a * b, axis=1) / (na * nb)))
 
 
 # ---------------------------------------------------------------------------------------------
