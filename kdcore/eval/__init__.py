@@ -1,7 +1,6 @@
 """Evaluation reports: classification report (text, JSON), confusion-matrix PNG, multi-label
 mAP. Needs the ``report`` extra (scikit-learn, matplotlib)."""
 
-from kdcore.eval import metrics
 from kdcore.eval.report import (
     ClassificationReport,
     ClassScores,
@@ -17,6 +16,5 @@ __all__ = [
     "MultiLabelReport",
     "classification_report",
     "multilabel_report",
-    "metrics",
     "save_confusion_png",
 ]
