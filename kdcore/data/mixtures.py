@@ -54,17 +54,17 @@ def split_item(item: object, where: str) -> tuple[torch.Tensor, str | None]:
     return wave, (None if speaker is None or speaker == "" else str(speaker))
 
 
-def _snr_range(snr_db: float | tuple[float, float]) -> tuple[float, float]:
+def _snr_range(snr_db: float | tuple[float, float], name: str = "snr_db") -> tuple[float, float]:
     if isinstance(snr_db, (int, float)) and not isinstance(snr_db, bool):
         low = high = float(snr_db)
     else:
         try:
             low, high = (float(v) for v in snr_db)
         except (TypeError, ValueError):
-            raise ValueError(f"snr_db must be a number or a (low, high) pair, got {snr_db!r}") \
+            raise ValueError(f"{name} must be a number or a (low, high) pair, got {snr_db!r}") \
                 from None
     if not (np.isfinite(low) and np.isfinite(high) and low <= high):
-        raise ValueError(f"snr_db must be finite with low <= high, got {snr_db!r}")
+        raise ValueError(f"{name} must be finite with low <= high, got {snr_db!r}")
     return low, high
 
 
@@ -236,7 +236,7 @@ class TaggedMixtures(Dataset):
             raise ValueError("tags includes 'speech': pass a non-empty speech dataset")
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"probability must be in [0, 1], got {probability!r}")
-        self.level_db = _snr_range(level_db)
+        self.level_db = _snr_range(level_db, "level_db")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
             raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
         self.num_samples = round(duration_s * sample_rate)
