@@ -6,6 +6,7 @@ from kdcore.frontend import LogMel
 from kdcore.losses import FeatureLoss, KDBCELoss, KDLoss
 from kdcore.ops import feature_loss, kd_bce_loss, kd_loss
 from kdcore.ops.log_mel import log_mel, mel_filterbank, num_frames
+from kdcore.resample import Resample
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "KDBCELoss",
     "KDLoss",
     "LogMel",
+    "Resample",
     "feature_loss",
     "kd_bce_loss",
     "kd_loss",

@@ -18,6 +18,9 @@ from kdcore.data.audio import (
     resample,
 )
 from kdcore.data.augment import SpecAugment, WaveAugment
+from kdcore.data.digits import ConnectedDigits, write_connected_digits
+from kdcore.data.mixtures import NoisyMixtures, TaggedMixtures, write_tagged_mixtures
+from kdcore.data.noise import NOISE_KINDS, make_noise, mix_at_snr
 from kdcore.data.sources import (
     AudioRecord,
     AudioSource,
@@ -31,6 +34,7 @@ from kdcore.data.synthetic import SyntheticAudio
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "NOISE_KINDS",
     "UNLABELLED",
     "AudioBatch",
     "AudioExample",
@@ -38,10 +42,13 @@ __all__ = [
     "AudioReadError",
     "AudioRecord",
     "AudioSource",
+    "ConnectedDigits",
     "ManifestError",
+    "NoisyMixtures",
     "SkippedEntry",
     "SpecAugment",
     "SyntheticAudio",
+    "TaggedMixtures",
     "TransferSet",
     "WaveAugment",
     "augment",
@@ -49,6 +56,8 @@ __all__ = [
     "collate_audio",
     "group_split",
     "load_source",
+    "make_noise",
+    "mix_at_snr",
     "probe_audio",
     "random_crop",
     "read_audio",
@@ -56,4 +65,6 @@ __all__ = [
     "split_from_column",
     "stratified_split",
     "unlabelled_files",
+    "write_connected_digits",
+    "write_tagged_mixtures",
 ]
