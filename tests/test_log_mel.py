@@ -333,7 +333,7 @@ def test_triton_direct_and_split_kernels_match_numpy(n_fft, win_length):
     """Plain windows run the even/odd split kernel (half the multiply-adds); Kaldi's frame steps
     run the direct one. Both, on the same setting, against float64 numpy."""
     require("triton")
-    from kdcore.kernels import log_mel_forward, log_mel_split_tables, log_mel_tables
+    from kdcore.kernels.launchers import log_mel_forward, log_mel_split_tables, log_mel_tables
 
     from kdcore.ops.log_mel import dft_basis, make_window
 
