@@ -137,14 +137,17 @@ def _cpp_cflags() -> list[str]:
 
 def cpp_build_directory() -> Path:
     """Where the C++ library is built: under torch's extension root (``TORCH_EXTENSIONS_DIR``),
-    named by a digest of the sources, flags, Python and torch, so builds that differ in any of
-    them never share (and rebuild) one directory."""
+    named by a digest of the sources, their folder, flags, Python and torch, so builds that
+    differ in any of them never share (and rebuild) one directory."""
     from torch.utils import cpp_extension
 
     digest = hashlib.sha1()
     for source in sorted(_csrc_dir().glob("*.cpp")) + sorted(_csrc_dir().glob("*.h")):
         digest.update(source.read_bytes())
-    digest.update(" ".join(_cpp_cflags() + [sys.version, torch.__version__]).encode())
+    # The source folder too: torch rebuilds whenever a directory's build file names other
+    # source paths, so two checkouts sharing one directory would rebuild each other's library.
+    digest.update(" ".join(_cpp_cflags() + [sys.version, torch.__version__,
+                                            str(_csrc_dir())]).encode())
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
     return root / f"{CPP_LIBRARY}_{digest.hexdigest()[:10]}"
 
@@ -210,6 +213,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """Map ``backend`` (one of :data:`BACKENDS`) to the concrete backend for ``device``."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _resolve(backend, device)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(backend: str, device: torch.device) -> str:
+    """:func:`resolve_backend` after its argument check. Under ``torch.compile`` it runs once at
+    trace time (it may build the C++ library or import Triton) and its answer is a constant."""
     if backend == "auto":
         if device.type == "cuda" and triton_unavailable_reason(device) is None:
             return "triton"

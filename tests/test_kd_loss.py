@@ -35,6 +35,9 @@ def _logits(shape, dtype, scale=3.0, requires_grad=True):
 
 def check_kd(backend, student, teacher, *, reduction="batchmean", grad_output=None, **options):
     """Run kd_loss forward + backward and compare loss and both gradients with ``kd_loss64``."""
+    # The old op defaults, explicitly (the ops now default to kdcore.defaults).
+    options.setdefault("temperature", 1.0)
+    options.setdefault("alpha", 1.0)
     dtype = student.dtype
     num_classes = student.shape[-1]
     loss = kdcore.kd_loss(student, teacher, reduction=reduction, backend=backend, **options)

@@ -43,11 +43,18 @@ def apply_grad_output(grad: torch.Tensor, grad_output: torch.Tensor, backend: st
             )
         scale_grad_(grad, grad_output)
         return grad
-    if (grad_output.numel() == 1 and not torch.compiler.is_compiling()
-            and float(grad_output) == 1.0):
+    if grad_output.numel() == 1 and _is_plain_value(grad_output) and float(grad_output) == 1.0:
         return grad
     shaped = grad_output.reshape(grad_output.shape + (1,) * (grad.dim() - grad_output.dim()))
     return (grad.to(shaped.dtype) * shaped).to(grad.dtype)
+
+
+def _is_plain_value(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` holds real data that may be read on the host: not while compiling or
+    tracing (fake or functional tensors, where the read would be data-dependent)."""
+    if torch.compiler.is_compiling() or type(tensor) is not torch.Tensor:
+        return False
+    return torch._guards.detect_fake_mode() is None and tensor.device.type == "cpu"
 
 
 def register_fused_autograd(op: torch.library.CustomOpDef, num_inputs: int,

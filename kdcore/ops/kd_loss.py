@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from kdcore import _backends
+from kdcore import _backends, defaults
 from kdcore.ops import _checks
 from kdcore.ops._fused import needs_grad, reduce_items, register_fused_autograd
 
@@ -53,8 +53,9 @@ def _kl_from_log_probs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor
 
 
 def kd_loss_reference(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
-                      temperature: float = 1.0, kind: str = "kl", beta: float = 0.5,
-                      labels: torch.Tensor | None = None, alpha: float = 1.0,
+                      temperature: float = defaults.TEMPERATURE, kind: str = "kl",
+                      beta: float = 0.5, labels: torch.Tensor | None = None,
+                      alpha: float = defaults.ALPHA,
                       ignore_index: int = -100, mask: torch.Tensor | None = None,
                       reduction: str = "batchmean") -> torch.Tensor:
     """Plain-torch :func:`kd_loss` (arguments checked by the caller). Maths in fp32 (fp64 for
@@ -148,18 +149,22 @@ register_fused_autograd(_kd_loss_op, num_inputs=12, backend_index=9)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
-            temperature: float = 1.0, kind: str = "kl", beta: float = 0.5,
-            labels: torch.Tensor | None = None, alpha: float = 1.0, ignore_index: int = -100,
+            temperature: float = defaults.TEMPERATURE, kind: str = "kl", beta: float = 0.5,
+            labels: torch.Tensor | None = None, alpha: float = defaults.ALPHA,
+            ignore_index: int = -100,
             mask: torch.Tensor | None = None, reduction: str = "batchmean",
             backend: str = "auto") -> torch.Tensor:
     """Distillation loss between logits shaped (..., C), softmax over the last dim.
 
     Args:
         student_logits, teacher_logits: (..., C), fp32/bf16/fp16 (fp64 for checks); same shape.
-        temperature: T > 0. The KD term is scaled by T^2 (always).
+        temperature: T > 0 (default ``kdcore.defaults.TEMPERATURE`` = 2.0). The KD term is
+            scaled by T^2 (always).
         kind: ``"kl"`` (Hinton), ``"reverse_kl"`` or ``"jsd"`` (mixture weight ``beta``).
-        labels: (...) int class ids; adds ``(1-alpha)*CE(student, labels)`` at T=1.
-        alpha: weight of the KD term in [0, 1].
+        labels: (...) int class ids; adds ``(1-alpha)*CE(student, labels)`` at T=1 (default
+            None: the KD term alone, whatever ``alpha``).
+        alpha: weight of the KD term in [0, 1] when ``labels`` are given (default
+            ``kdcore.defaults.ALPHA`` = 0.9).
         ignore_index: label value whose rows drop out of both terms.
         mask: (...) bool; False rows drop out of every term (padded frames).
         reduction: ``"batchmean"`` (sum over valid rows / number of valid rows, 0 if none),
