@@ -473,8 +473,9 @@ def _log_mel_op(waveform: torch.Tensor, lengths: torch.Tensor, valid_frames: tor
             pad_mode=PAD_MODES.index(config.pad_mode), power=config.power,
             log_mode=LOGS.index(config.log), log_eps=config.log_eps, shift=config.shift,
             divisor=config.divisor, pad_value=config.pad_value, precision=config.precision)
+    # Contiguous, as the fake kernel and the other backends return it.
     return log_mel_reference(waveform, lengths, window, filterbank, config, n_frames,
-                             valid_frames)
+                             valid_frames).contiguous()
 
 
 @_log_mel_op.register_fake
