@@ -4,7 +4,11 @@ cross-entropy mix, masks and ignored rows.
 With ``p_t = softmax(teacher/T)`` and ``p_s = softmax(student/T)`` over the last dimension:
 
 - ``kind="kl"``:         ``T^2 * KL(p_t || p_s)``
-- ``kind="reverse_kl"``: ``T^2 * KL(p_s || p_t)``
+- ``kind="reverse_kl"``: ``T^2 * KL(p_s' || p_t)``, where ``p_s'`` is the student's softmax
+  restricted to the teacher's support: classes whose teacher logit is ``-inf`` are dropped
+  from the student's softmax too. The loss stays finite where KL(p_s || p_t) would be infinite,
+  and those classes get zero gradient (no NaN). Penalising student mass there is the job of
+  ``kind="kl"``/``"jsd"`` or the label term; where the student is ``-inf`` too, nothing changes.
 - ``kind="jsd"``:        ``T^2 * (beta*KL(p_t||m) + (1-beta)*KL(p_s||m))``,
   ``m = beta*p_t + (1-beta)*p_s``
 
@@ -75,7 +79,11 @@ def kd_loss_reference(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if kind == "kl":
         distill = _kl_from_log_probs(log_p_t, log_p_s)
     elif kind == "reverse_kl":
-        distill = _kl_from_log_probs(log_p_s, log_p_t)
+        # The student restricted to the teacher's support (see the module doc).
+        excluded = teacher == -math.inf
+        restricted = torch.where(excluded, -math.inf, student)
+        log_p_r = torch.log_softmax(restricted / temperature, dim=-1)
+        distill = _kl_from_log_probs(log_p_r, log_p_t)
     else:
         log_m = _log_mixture(log_p_t + _log(beta), log_p_s + _log(1.0 - beta))
         distill = torch.zeros_like(log_m[..., 0])
