@@ -188,7 +188,7 @@ def test_bad_files_raise_naming_file_or_are_skipped_and_counted(tmp_path):
     rows = [{"path": p.name, "label": "a"} for p in good]
     rows += [{"path": "corrupt.wav", "label": "a"}, {"path": "empty.flac", "label": "b"},
              {"path": "silent.wav", "label": "b"}, {"path": "missing.ogg", "label": "b"},
-             {"path": "good0.wav", "label": ""}]
+             {"path": "unlabelled.wav", "label": ""}]
     manifest = _manifest(tmp_path, rows)
 
     with pytest.raises(AudioReadError, match="corrupt.wav"):
