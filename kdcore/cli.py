@@ -825,6 +825,21 @@ def command_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_training_run(out: Path) -> None:
+    """An eval's ``--out`` must not be a train/distill run folder (its report and run.json
+    would be replaced)."""
+    record = out / "run.json"
+    if not record.is_file():
+        return
+    try:
+        command = json.loads(record.read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        command = None
+    if command != "eval":
+        raise CLIError(f"--out {out} holds a {command or 'kdcore'} run; evaluation would "
+                       "replace its report.json and run.json: pick another --out")
+
+
 def command_eval(args: argparse.Namespace) -> int:
     _require(args, "data", "model")
     from kdcore.checkpoints import load_model_checkpoint
@@ -839,6 +854,7 @@ def command_eval(args: argparse.Namespace) -> int:
                        f"{checkpoint.class_names[:6]} but --data has {len(data.class_names)} "
                        f"classes {data.class_names[:6]}")
     out = Path(args.out) if args.out is not None else Path(args.model).parent / "eval"
+    _refuse_training_run(out)
     write_run_record(out, "eval", args, device)
     write_skipped(out, data.skipped)
     print(data.summary, flush=True)

@@ -751,6 +751,11 @@ def test_eval_split_all_scores_every_file(fsdd: Path, capsys: pytest.CaptureFixt
     assert supports["all"] == 12 and supports["test"] < 12
     _error_line(*_main(["eval", "--data", "held_out", "--model", str(model), "--split", "val",
                         "--out", "eval_val"], fsdd, capsys)[::2])
+    run = model.parent
+    before = _snapshot(run)
+    line = _error_line(*_main(["eval", "--data", "held_out", "--model", str(model), "--split",
+                               "all", "--out", str(run)], fsdd, capsys)[::2])
+    assert str(run) in line and _snapshot(run) == before
 
 
 class _Payload:
@@ -790,3 +795,27 @@ def test_pickle_payload_is_refused_without_running(fsdd: Path, tmp_path: Path,
     line = _error_line(*_main(_train(str(resume), "--resume"), fsdd, capsys)[::2])
     assert "last.pt" in line
     assert not marker.exists()
+
+
+def test_distill_resume_names_objective_changes(fsdd: Path, capsys: pytest.CaptureFixture
+                                                ) -> None:
+    """distill: a resume with another temperature, alpha or teacher is refused in one line
+    naming each; the run's files stay as they were."""
+    code, _, err = _main(_train("kd_teacher", "--seed", "3"), fsdd, capsys)
+    assert code == 0, err
+    code, _, err = _main(_train("kd_other", "--seed", "4"), fsdd, capsys)
+    assert code == 0, err
+    distill = ["distill", "--data", "tiny.csv", "--teacher", "kd_teacher/model.pt",
+               "--student", "student_dscnn", "--width", "4", "--epochs", "1", "--out", "kd",
+               *TINY]
+    code, _, err = _main(distill, fsdd, capsys)
+    assert code == 0, err
+    before = _snapshot(fsdd / "kd")
+    line = _error_line(*_main([*distill, "--resume", "--temperature", "4", "--alpha", "0.5"],
+                              fsdd, capsys)[::2])
+    assert "temperature: 2.0 in the run, 4.0 now" in line
+    assert "alpha: 0.9 in the run, 0.5 now" in line
+    other = [arg if arg != "kd_teacher/model.pt" else "kd_other/model.pt" for arg in distill]
+    line = _error_line(*_main([*other, "--resume"], fsdd, capsys)[::2])
+    assert "another teacher" in line
+    assert _snapshot(fsdd / "kd") == before
