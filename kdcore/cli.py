@@ -908,107 +908,25 @@ def command_cache_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ExportLogMel(nn.Module):
-    """The frontend of an exported model: :class:`kdcore.LogMel` in plain torch ops (framing,
-    a float64 DFT as two matrix products instead of ``rfft``, which ONNX lacks, mel matrix,
-    log), so the file needs neither kdcore nor its custom ops.
-    Waveforms (B, T) float32 to log-mel (B, n_mels, frames) float32."""
-
-    def __init__(self, log_mel: nn.Module) -> None:
-        from kdcore.ops.log_mel import _tables, dft_basis
-
-        super().__init__()
-        if log_mel.waveform_preemphasis or log_mel.floor_below_max is not None or \
-                log_mel.drop_last_frame:
-            raise CLIError("export supports LogMel frontends without waveform_preemphasis, "
-                           "floor_below_max or drop_last_frame")
-        self.config = config = log_mel.config
-        window, filterbank = _tables(config.key(), torch.device("cpu"), torch.float64)
-        basis = dft_basis(window, config.n_fft, preemphasis=config.preemphasis,
-                          remove_dc_offset=config.remove_dc_offset)
-        self.register_buffer("cosine", basis[0].clone())  # (win, n_freqs) float64
-        self.register_buffer("sine", basis[1].clone())
-        self.register_buffer("filterbank", filterbank.clone())  # (n_freqs, n_mels) float64
-
-    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        from kdcore.ops.log_mel import _apply_log, fold_index
-
-        config = self.config
-        samples = waveforms.shape[-1]
-        n_frames = int(config.frames(torch.as_tensor(samples, dtype=torch.int64)))
-        # One gather with a constant (frames, win) index: the legacy ONNX exporter
-        # mis-shapes Tensor.unfold on the last dimension.
-        position = (config.hop_length * torch.arange(n_frames)[:, None]
-                    + torch.arange(config.win_length)[None, :] - config.lead)
-        length = torch.as_tensor(samples, dtype=torch.int64)
-        frames = waveforms.double()[:, fold_index(position, length, config.pad_mode)]
-        if config.pad_mode == "constant":
-            frames = torch.where((position >= 0) & (position < samples), frames, 0.0)
-        power = (frames @ self.cosine).square() + (frames @ self.sine).square()
-        if config.power != 2.0:
-            power = power.pow(config.power / 2.0)
-        return _apply_log(power @ self.filterbank, config).transpose(1, 2).float()
-
-
-class _ExportedClassifier(nn.Module):
-    """Waveforms (B, clip_samples) float32 -> logits (B, num_classes): frontend then model."""
-
-    def __init__(self, frontend: nn.Module, model: nn.Module) -> None:
-        super().__init__()
-        self.frontend, self.model = frontend, model
-
-    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        return self.model(self.frontend(waveforms))
-
-
 def command_export(args: argparse.Namespace) -> int:
     _require(args, "model", "out")
-    import importlib.util
-
     from kdcore.checkpoints import load_model_checkpoint
+    from kdcore.export import export_model
 
-    if args.format == "onnx" and importlib.util.find_spec("onnx") is None:
-        raise CLIError("--format onnx needs the onnx package (pip install onnx onnxruntime)")
+    try:
+        out = export_model(args.model, args.out, format=args.format)
+    except (ImportError, FileNotFoundError) as error:
+        raise CLIError(str(error)) from error
     checkpoint = load_model_checkpoint(args.model)
-    network = _ExportedClassifier(_ExportLogMel(checkpoint.build_frontend("reference")),
-                                  checkpoint.model).eval()
-    generator = torch.Generator().manual_seed(0)
-    example = 0.1 * torch.randn(2, checkpoint.clip_samples, generator=generator)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        expected = checkpoint.model(checkpoint.build_frontend("reference")(example))
-    if args.format == "torchscript":
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            traced = torch.jit.trace(network, example, check_trace=False)
-        traced.save(str(out))
-        with torch.no_grad():
-            got = torch.jit.load(str(out))(example)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(network, (example,), str(out), input_names=["waveform"],
-                              output_names=["logits"], dynamic_axes={
-                                  "waveform": {0: "batch"}, "logits": {0: "batch"}},
-                              opset_version=18, dynamo=False)
-        if importlib.util.find_spec("onnxruntime") is None:
-            got = None
-        else:
-            import onnxruntime
+    print(f"wrote {out}: waveform (B, T) at {checkpoint.sample_rate} Hz -> logits "
+          f"(B, {checkpoint.num_classes}), any T; checked against PyTorch")
+    return 0
 
-            session = onnxruntime.InferenceSession(str(out),
-                                                   providers=["CPUExecutionProvider"])
-            got = torch.from_numpy(session.run(None, {"waveform": example.numpy()})[0])
-    if got is None:
-        print(f"wrote {out} (onnxruntime is not installed: outputs not checked)")
-        return 0
-    error = (got - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    if not error <= 1e-4 * max(1.0, scale):
-        raise RuntimeError(f"exported model disagrees with PyTorch: max |diff| {error:.3g}")
-    print(f"wrote {out}: waveform (B, {checkpoint.clip_samples}) at {checkpoint.sample_rate} Hz "
-          f"-> logits (B, {checkpoint.num_classes}); max |exported - PyTorch| = {error:.2e}")
+
+def command_teachers(args: argparse.Namespace) -> int:
+    from kdcore import teachers
+
+    print(teachers.format_table(teachers.describe()))
     return 0
 
 
@@ -1256,6 +1174,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="output file")
     export.add_argument("--config", help="YAML file whose keys mirror these flags")
     export.set_defaults(handler=command_export)
+
+    teachers = commands.add_parser("teachers", help="the registry of pretrained teachers: name, "
+                                   "task, sample rate, parameters, package, licence, installed")
+    teachers.set_defaults(handler=command_teachers)
 
     bench = commands.add_parser("bench", help="kernel micro-benchmarks on this device")
     bench.add_argument("--quick", action="store_true", help="smaller shapes")

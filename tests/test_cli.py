@@ -205,7 +205,8 @@ def test_config_file_keys_mirror_flags_and_flags_win(tmp_path: Path) -> None:
 def test_python_dash_m_help(tmp_path: Path) -> None:
     result = run_kdcore("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for command in ("demo", "train", "distill", "eval", "cache-teacher", "export", "bench"):
+    for command in ("demo", "train", "distill", "eval", "cache-teacher", "export", "teachers",
+                    "bench"):
         assert command in result.stdout
 
 
@@ -315,12 +316,13 @@ def test_export_onnx(workspace: Path, capsys: pytest.CaptureFixture) -> None:
 def test_export_frontend_matches_log_mel(options: dict) -> None:
     """The plain-op frontend written into exported files (no unfold, no rfft) computes what
     LogMel does, for each padding and framing."""
+    from kdcore.export import ExportLogMel
     from kdcore.frontend import LogMel
 
     log_mel = LogMel(sample_rate=RATE, n_fft=128, hop_length=48, n_mels=16, backend="reference",
                      **options)
     waves = 0.1 * torch.randn(3, 1999, generator=torch.Generator().manual_seed(2))
-    exported = cli._ExportLogMel(log_mel)(waves)
+    exported = ExportLogMel(log_mel)(waves)
     expected = log_mel(waves)
     assert exported.shape == expected.shape
     torch.testing.assert_close(exported, expected, rtol=1e-4, atol=1e-4)
@@ -819,3 +821,24 @@ def test_distill_resume_names_objective_changes(fsdd: Path, capsys: pytest.Captu
     line = _error_line(*_main([*other, "--resume"], fsdd, capsys)[::2])
     assert "another teacher" in line
     assert _snapshot(fsdd / "kd") == before
+
+
+def test_teachers_lists_the_registry(capsys: pytest.CaptureFixture) -> None:
+    """`kdcore teachers` prints one row per registered teacher with its task, rate, source
+    package and licence, and whether that package is installed here."""
+    import importlib.util
+
+    from kdcore import teachers
+
+    assert cli.main(["teachers"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["name", "task", "sample_rate", "parameters", "package",
+                                "licence", "installed"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == {"crepe-full", "crepe-tiny", "silero-vad", "nsnet2", "resemblyzer"}
+    for name, line in rows.items():
+        spec = teachers.spec(name)
+        assert spec.task in line and spec.package in line and str(spec.sample_rate) in line
+        modules = [spec.import_name] + [entry.split("=")[0] for entry in spec.requires]
+        installed = all(importlib.util.find_spec(module) is not None for module in modules)
+        assert line.split()[-1] == ("yes" if installed else "no")

