@@ -1,7 +1,7 @@
 """kdcore: compiled-kernel accelerated knowledge distillation for audio models."""
 
 from kdcore._backends import BACKENDS, BackendUnavailableError
-from kdcore.engine import Distiller, History
+from kdcore.engine import Distiller, History, Trainer, train
 from kdcore.frontend import LogMel
 from kdcore.losses import FeatureLoss, KDBCELoss, KDLoss
 from kdcore.ops import feature_loss, kd_bce_loss, kd_loss
@@ -18,10 +18,12 @@ __all__ = [
     "KDBCELoss",
     "KDLoss",
     "LogMel",
+    "Trainer",
     "feature_loss",
     "kd_bce_loss",
     "kd_loss",
     "log_mel",
     "mel_filterbank",
     "num_frames",
+    "train",
 ]
