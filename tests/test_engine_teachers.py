@@ -178,3 +178,20 @@ def test_a_frame_teacher_at_another_rate_distils_through_alignment():
     with pytest.raises(ValueError, match="teacher_frame_rate"):
         Distiller(Pool(), nn.Linear(12, NUM_CLASSES), task="frame", **QUIET).fit(
             loader(data), epochs=1)
+
+
+def test_fill_teacher_cache_ahead_of_time_is_read_back_by_the_distiller(tmp_path):
+    from kdcore.engine import fill_teacher_cache
+
+    teacher, student = make_pair()
+    data = ClusterDataset(16, seed=3)
+    fill_teacher_cache(teacher, loader(data), tmp_path / "cache")
+    with torch.no_grad():
+        expected = teacher(data.inputs).numpy()
+    np.testing.assert_allclose(stored_logits(tmp_path / "cache", 16)[:, 0], expected,
+                               rtol=1e-6, atol=1e-6)
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    Distiller(teacher, student, teacher_mode="cached", cache_dir=tmp_path / "cache",
+              **QUIET).fit(loader(data), epochs=1)
+    assert sum(calls) == 8  # the probe batch only: every training item came from the cache

@@ -8,10 +8,10 @@ from kdcore.engine.distiller import Distiller
 from kdcore.engine.history import History
 from kdcore.engine.loop import Loop, NonFiniteLossError
 from kdcore.engine.objectives import Terms, make_objective
-from kdcore.engine.teachers import CallableTeacher, align_frames, cache_key
+from kdcore.engine.teachers import CallableTeacher, align_frames, cache_key, fill_teacher_cache
 from kdcore.engine.trainer import Trainer, train
 
 __all__ = ["TASKS", "CacheMismatchError", "CallableTeacher", "Distiller", "History", "Loop",
            "LoopConfig", "NonFiniteLossError", "ObjectiveConfig", "TeacherCache",
-           "TeacherConfig", "Terms", "Trainer", "align_frames", "cache_key", "make_objective",
-           "train"]
+           "TeacherConfig", "Terms", "Trainer", "align_frames", "cache_key", "fill_teacher_cache",
+           "make_objective", "train"]

@@ -32,11 +32,9 @@ from kdcore.engine.teachers import (
     CallableTeacher,
     OnlineTeacher,
     align_frames,
-    cache_key,
     check_deterministic,
-    data_fingerprint,
     frontend_rate,
-    warn_no_data_fingerprint,
+    run_cache_key,
 )
 from kdcore.engine.trainer import Learner
 from kdcore.ops import _checks
@@ -229,14 +227,10 @@ class DistillLearner(Learner):
         if num_items is None:
             raise ValueError("teacher_mode='cached' needs a train_loader whose dataset has a "
                              "len() (item ids index the cache)")
-        data = data_fingerprint(self.dataset) if self.dataset is not None else None
-        if data is None:
-            warn_no_data_fingerprint(directory)
-        key = cache_key(teacher_fingerprint=self.source.fingerprint,
-                        teacher_frontend=self.teacher_frontend,
-                        taps=[t for _, t in config.feature_pairs], task=self.objective.task,
-                        sample_rate=frontend_rate(self.teacher_frontend)[1]
-                        or getattr(self.dataset, "sample_rate", None), data=data)
+        key = run_cache_key(teacher_fingerprint=self.source.fingerprint,
+                            teacher_frontend=self.teacher_frontend,
+                            taps=[t for _, t in config.feature_pairs], task=self.objective.task,
+                            dataset=self.dataset)
         cache = TeacherCache(directory, key, num_items, config.cache_views, self.teacher_shapes)
         if dist.is_main:
             cache.prepare(explicit=explicit)

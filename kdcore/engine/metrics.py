@@ -95,7 +95,9 @@ class Meter:
         if valid is not None:
             keep &= valid.reshape(-1)
         codes = torch.where(keep, truth * classes + predicted, classes * classes)
-        self.counts += torch.bincount(codes, minlength=classes * classes + 1)[:-1]
+        # scatter_add, not bincount: bincount reads the largest code on the host (a sync)
+        tally = torch.zeros(classes * classes + 1, dtype=torch.int64, device=codes.device)
+        self.counts += tally.scatter_add_(0, codes, torch.ones_like(codes))[:-1]
 
     def all_reduce(self, context: DistContext) -> None:
         if not context.enabled:

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +220,70 @@ def cache_key(*, teacher_fingerprint: str, teacher_frontend: nn.Module | None,
             "task": task, "sample_rate": sample_rate, "data": data}
 
 
+def run_cache_key(*, teacher_fingerprint: str, teacher_frontend: nn.Module | None,
+                  taps: list[str], task: str, dataset: object) -> dict:
+    """:func:`cache_key` as a run derives it: the sample rate from the teacher frontend (or the
+    dataset's ``sample_rate``), the data fingerprint from ``dataset`` (a warning when it shows
+    none)."""
+    data = data_fingerprint(dataset) if dataset is not None else None
+    if data is None:
+        warnings.warn("kdcore: the training dataset shows no content to fingerprint (no "
+                      "fingerprint(), files or tensors); the teacher cache is keyed by its item "
+                      "count only", UserWarning, stacklevel=3)
+    return cache_key(teacher_fingerprint=teacher_fingerprint, teacher_frontend=teacher_frontend,
+                     taps=taps, task=task,
+                     sample_rate=frontend_rate(teacher_frontend)[1]
+                     or getattr(dataset, "sample_rate", None), data=data)
+
+
+def fill_teacher_cache(teacher: nn.Module | Callable, loader: Iterable, directory: str | Path,
+                       *, teacher_frontend: nn.Module | None = None, task: str = "multiclass",
+                       teacher_fingerprint: str | None = None,
+                       device: str | torch.device = "cpu") -> Path:
+    """Fill a teacher cache in ``directory`` ahead of training, keyed exactly as
+    ``Distiller(teacher, ..., teacher_mode="cached", cache_dir=directory)`` keys it, so that
+    run reads it back without running the teacher.
+
+    ``loader``: batches of the training set in the engine's loader contract, each with
+    ``"index"``; its ``dataset`` gives the item count and the data fingerprint.
+    ``teacher_frontend`` [None], ``task`` ["multiclass"], ``teacher_fingerprint`` [None: the
+    module's state hash; required for a callable], ``device`` ["cpu"]. One view per item (the
+    frontend must be deterministic: it runs in eval mode). Returns the directory."""
+    from kdcore.engine import batches as batching
+    from kdcore.engine.cache import TeacherCache
+
+    device = torch.device(device)
+    if isinstance(teacher, nn.Module):
+        source = OnlineTeacher(teacher, [])
+        if teacher_fingerprint is not None:
+            source.fingerprint = teacher_fingerprint
+    else:
+        source = CallableTeacher(teacher, teacher_fingerprint or "")
+    source.to(device)
+    frontend = teacher_frontend.to(device).eval() if teacher_frontend is not None else None
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None or not hasattr(dataset, "__len__"):
+        raise ValueError("fill_teacher_cache needs a loader whose dataset has a len()")
+    key = run_cache_key(teacher_fingerprint=source.fingerprint, teacher_frontend=frontend,
+                        taps=[], task=task, dataset=dataset)
+    cache = None
+    with torch.inference_mode():
+        for raw in loader:
+            batch = batching.to_device(batching.parse_batch(raw), device)
+            features = batch.inputs if frontend is None else frontend(batch.inputs.float())
+            outputs = source(features)
+            if cache is None:
+                shapes = {name: tuple(value.shape[1:]) for name, value in outputs.items()}
+                cache = TeacherCache(Path(directory), key, len(dataset), 1, shapes)
+                cache.prepare(explicit=True)
+                cache.open()
+            cache.store(batch.index, batch.view, outputs)
+    if cache is None:
+        raise ValueError("fill_teacher_cache: the loader yielded no batch")
+    cache.flush()
+    return Path(directory)
+
+
 def check_deterministic(frontend: nn.Module | None, inputs: torch.Tensor) -> None:
     """Refuse a teacher frontend that augments at random in cached mode (the cache would
     freeze one random view) unless it declares ``deterministic_views = True``: it is run twice
@@ -280,7 +344,3 @@ def align_frames(teacher: torch.Tensor, student_frames: int, teacher_rate: float
     return teacher.index_select(1, index)
 
 
-def warn_no_data_fingerprint(directory: Path) -> None:
-    warnings.warn(f"kdcore: the training dataset shows no content to fingerprint (no "
-                  f"fingerprint(), files or tensors); the teacher cache in {directory} is "
-                  "keyed by its item count only", UserWarning, stacklevel=4)
