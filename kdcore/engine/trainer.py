@@ -128,6 +128,9 @@ class Learner:
         self._host_checked = labels is None or labels.device.type == "cpu"
         if check and labels is not None and self._host_checked and labels.numel():
             self.objective.check_labels(labels, self.num_classes)
+        if (self.objective.task == "ctc" and labels is not None and self._host_checked
+                and batch.target_lengths is None):  # host lengths: ctc_loss needs no sync
+            batch = dataclasses.replace(batch, target_lengths=(labels >= 0).sum(1))
         return batching.to_device(batch, self.device)
 
     def mix(self, batch: batching.Batch) -> tuple[batching.Batch, Mix | None]:
