@@ -181,10 +181,11 @@ def load_teacher(run_dir: Path, config: DemoConfig) -> torch.nn.Module:
         if state["epoch"] != config.teacher_epochs:
             raise SystemExit(f"--reuse-teacher: {path} has {state['epoch']} epochs, the "
                              f"configuration {config.teacher_epochs}")
-        classes = state["student"]["classifier.weight"].shape[0]
+        weights = state["model"] if "model" in state else state["student"]  # older runs
+        classes = weights["classifier.weight"].shape[0]
         member = create("teacher_cnn", classes, n_mels=config.n_mels,
                         width=config.teacher_width)
-        member.load_state_dict(state["student"])  # the teacher was the run's trained model
+        member.load_state_dict(weights)  # the teacher was the run's trained model
         members.append(member.eval())
     return members[0] if len(members) == 1 else TeacherEnsemble(members).eval()
 

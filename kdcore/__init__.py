@@ -1,7 +1,7 @@
 """kdcore: compiled-kernel accelerated knowledge distillation for audio models."""
 
 from kdcore._backends import BACKENDS, BackendUnavailableError
-from kdcore.engine import Distiller, History
+from kdcore.engine import Distiller, History, Trainer, train
 from kdcore.export import export_model
 from kdcore.frontend import LogMel
 from kdcore.losses import FeatureLoss, KDBCELoss, KDLoss
@@ -21,6 +21,7 @@ __all__ = [
     "KDLoss",
     "LogMel",
     "Resample",
+    "Trainer",
     "export_model",
     "feature_loss",
     "kd_bce_loss",
@@ -28,4 +29,5 @@ __all__ = [
     "log_mel",
     "mel_filterbank",
     "num_frames",
+    "train",
 ]

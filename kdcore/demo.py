@@ -114,7 +114,8 @@ def kd_epochs(config: DemoConfig, train_clips: int) -> int:
 
 
 class ConstantTeacher(nn.Module):
-    """Uniform logits (B, num_classes): the stand-in teacher of plain training (alpha=0)."""
+    """Uniform logits (B, num_classes). Deprecated: plain training is :class:`kdcore.Trainer`
+    (the demo uses it); kept only while ``kdcore train`` still imports it."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -136,24 +137,29 @@ def _frontend(config: DemoConfig) -> nn.Module:
                     time_width=8))
 
 
-def _train(name: str, teacher: nn.Module, student: nn.Module, alpha: float,
+def _train(name: str, teacher: nn.Module | None, student: nn.Module, alpha: float,
            train_set: Dataset, test_set: Dataset, config: DemoConfig,
            out: Path, progress: bool, *, epochs: int, lr: float, mixup: float,
            seed: int | None = None):
-    from kdcore import Distiller
+    """Distil ``teacher`` into ``student``, or train ``student`` alone (``teacher=None``, with
+    :class:`kdcore.Trainer`)."""
+    from kdcore import Distiller, Trainer
 
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
                               collate_fn=collate_audio)
     test_loader = DataLoader(test_set, batch_size=256, collate_fn=collate_audio)
-    distiller = Distiller(teacher, student, frontend=_frontend(config),
-                          temperature=config.temperature, alpha=alpha, lr=lr,
-                          schedule="onecycle", seed=config.seed if seed is None else seed,
-                          device="cpu", mixup=mixup,
-                          checkpoint_every=0, progress=progress)
+    common = dict(frontend=_frontend(config), lr=lr, schedule="onecycle",
+                  seed=config.seed if seed is None else seed, device="cpu", mixup=mixup,
+                  checkpoint_every=0, progress=progress)
+    if teacher is None:
+        runner = Trainer(student, **common)
+    else:
+        runner = Distiller(teacher, student, temperature=config.temperature, alpha=alpha,
+                           **common)
     started = time.perf_counter()
-    history = distiller.fit(train_loader, test_loader, epochs=epochs,
-                            out_dir=out / name, resume=False)
-    return distiller, history, time.perf_counter() - started
+    history = runner.fit(train_loader, test_loader, epochs=epochs,
+                         out_dir=out / name, resume=False)
+    return runner, history, time.perf_counter() - started
 
 
 @torch.no_grad()
@@ -279,7 +285,7 @@ def compare(train_set: Dataset, test_set: Dataset, class_names: list[str],
     student_alone = create("student_dscnn", classes, n_mels=config.n_mels,
                            width=config.student_width, pooling=config.student_pooling)
     student_kd = copy.deepcopy(student_alone)  # same initialisation
-    uniform = ConstantTeacher(classes)
+    uniform = None  # trained alone: kdcore.Trainer
     alone_runs = [("student alone", uniform, student_alone, 0.0, 0.0, train_set, config.epochs)]
     if config.mixup > 0 and config.mixup_control:
         alone_runs.append(("alone + mixup", uniform, copy.deepcopy(student_alone), 0.0,

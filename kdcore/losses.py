@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdcore import defaults
 from kdcore._backends import BACKENDS
 from kdcore.ops import _checks
 from kdcore.ops.feature_loss import KINDS as FEATURE_KINDS
@@ -18,11 +19,13 @@ from kdcore.ops.kd_loss import kd_loss
 
 
 class KDLoss(nn.Module):
-    """Softmax distillation loss, :func:`kdcore.kd_loss`. Defaults: T=1, ``kind="kl"``,
-    ``beta=0.5``, ``alpha=1`` (labels unused), ``reduction="batchmean"``."""
+    """Softmax distillation loss, :func:`kdcore.kd_loss`. Defaults: ``temperature`` =
+    ``defaults.TEMPERATURE`` (2.0), ``kind="kl"``, ``beta=0.5``, ``alpha`` = ``defaults.ALPHA``
+    (0.9; used only when labels are passed), ``reduction="batchmean"``."""
 
-    def __init__(self, *, temperature: float = 1.0, kind: str = "kl", beta: float = 0.5,
-                 alpha: float = 1.0, ignore_index: int = -100, reduction: str = "batchmean",
+    def __init__(self, *, temperature: float = defaults.TEMPERATURE, kind: str = "kl",
+                 beta: float = 0.5, alpha: float = defaults.ALPHA, ignore_index: int = -100,
+                 reduction: str = "batchmean",
                  backend: str = "auto") -> None:
         super().__init__()
         self.temperature = _checks.check_temperature(temperature)
@@ -48,10 +51,12 @@ class KDLoss(nn.Module):
 
 
 class KDBCELoss(nn.Module):
-    """Sigmoid (multi-label) distillation loss, :func:`kdcore.kd_bce_loss`. Defaults: T=1,
-    ``alpha=1``, ``reduction="mean"``."""
+    """Sigmoid (multi-label) distillation loss, :func:`kdcore.kd_bce_loss`. Defaults:
+    ``temperature`` = ``defaults.TEMPERATURE`` (2.0), ``alpha`` = ``defaults.ALPHA`` (0.9; used
+    only when labels are passed), ``reduction="mean"``."""
 
-    def __init__(self, *, temperature: float = 1.0, alpha: float = 1.0, reduction: str = "mean",
+    def __init__(self, *, temperature: float = defaults.TEMPERATURE,
+                 alpha: float = defaults.ALPHA, reduction: str = "mean",
                  backend: str = "auto") -> None:
         super().__init__()
         self.temperature = _checks.check_temperature(temperature)

@@ -154,7 +154,7 @@ def test_compare_trains_an_ensemble_teacher_with_seeded_members(tmp_path):
     for name in ("teacher", "teacher_1"):
         assert (tmp_path / name / "checkpoints" / "last.pt").is_file()
     saved_member = torch.load(tmp_path / "teacher_1" / "checkpoints" / "last.pt",
-                              weights_only=True)["student"]
+                              weights_only=True)["model"]
     for key, value in teacher.members[1].state_dict().items():
         assert torch.equal(value, saved_member[key])
     assert not torch.equal(teacher.members[0].classifier.weight,
@@ -175,9 +175,9 @@ def test_compare_trains_an_ensemble_teacher_with_seeded_members(tmp_path):
         assert alone_single[field] == alone[field]
     for name in ("student_alone", "teacher"):
         weights = torch.load(tmp_path / name / "checkpoints" / "last.pt",
-                             weights_only=True)["student"]
+                             weights_only=True)["model"]
         weights_single = torch.load(tmp_path / "single" / name / "checkpoints" / "last.pt",
-                                    weights_only=True)["student"]
+                                    weights_only=True)["model"]
         for key, value in weights.items():
             assert torch.equal(value, weights_single[key]), (name, key)
 

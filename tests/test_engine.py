@@ -312,16 +312,16 @@ def test_grad_accumulation_normalises_by_the_global_valid_frame_count():
 
 def _recording_mixup(monkeypatch) -> list:
     """Wrap the engine's mixup so a test sees each draw ``(mixed, lam, perm)``."""
-    from kdcore.engine import distiller as distiller_module
+    from kdcore.engine import trainer as trainer_module
 
     draws = []
-    real = distiller_module.mixup
+    real = trainer_module.mixup
 
     def recorded(*args, **kwargs):
         draws.append(real(*args, **kwargs))
         return draws[-1]
 
-    monkeypatch.setattr(distiller_module, "mixup", recorded)
+    monkeypatch.setattr(trainer_module, "mixup", recorded)
     return draws
 
 
@@ -489,14 +489,14 @@ def test_nonfinite_loss_skips_the_step_then_stops_with_the_checkpoint_intact(tmp
     distiller = Distiller(teacher, student, lr=1e-2, log_every=1, checkpoint_every=1,
                           max_nonfinite=3, **QUIET)
     snapshots = []
-    original_step = distiller._window_step
+    original_step = distiller.loop._window_step
 
     def recording_step(window, meter):
         result = original_step(window, meter)
         snapshots.append(trainable_state(distiller))
         return result
 
-    distiller._window_step = recording_step
+    distiller.loop._window_step = recording_step
     with pytest.warns(RuntimeWarning, match="skipped 1 optimizer step"):
         history = distiller.fit(loader(data, 8, shuffle=False), epochs=1, out_dir=tmp_path)
     for key, value in snapshots[1].items():  # the poisoned step left every parameter alone
@@ -535,7 +535,7 @@ def test_nonfinite_loss_skips_the_step_then_stops_with_the_checkpoint_intact(tmp
     ({"alpha": 1.5}, ValueError, "alpha"),
     ({"alpha": -0.1}, ValueError, "alpha"),
     ({"temperature": 0.0}, ValueError, "temperature"),
-    ({"task": "regression"}, ValueError, "task"),
+    ({"task": "sequence"}, ValueError, "task"),
     ({"teacher_mode": "offline"}, ValueError, "teacher_mode"),
     ({"grad_accum": 0}, ValueError, "grad_accum"),
     ({"feature_weight": 1.0}, ValueError, "feature_pairs"),

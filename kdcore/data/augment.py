@@ -93,7 +93,8 @@ def mixup(inputs: torch.Tensor, alpha: float = 0.3, generator: torch.Generator |
     batch = inputs.shape[0]
     if generator is None:
         concentration = torch.full((batch,), float(alpha), device=inputs.device)
-        lam = torch.distributions.Beta(concentration, concentration).sample()
+        lam = torch.distributions.Beta(concentration, concentration,
+                                        validate_args=False).sample()  # no host sync
     else:
         # Beta(a, a) = X / (X + Y) with X, Y ~ Gamma(a), drawn by inverse CDF from the
         # generator (torch's gamma sampler takes no generator).

@@ -7,7 +7,8 @@ A batch is one of:
   multi-hot; frame: (B, T') int per output frame), ``"index"`` ((B,) int dataset item ids,
   required by ``teacher_mode="cached"``), ``"view"`` ((B,) int augmentation-view ids, default 0),
   ``"mask"`` (bool, the logits' leading shape: (B,) or (B, T')) or ``"lengths"`` ((B,) valid
-  output frames per item, frame task);
+  output frames per item, the (B, T, ...) tasks), ``"target_lengths"`` ((B,) transcript
+  lengths, ctc);
 - a tuple/list ``(input, label)``, ``(input, label, index)`` or ``(input, label, index, mask)``;
 - a bare tensor (input only: pure distillation, no labels).
 """
@@ -39,6 +40,8 @@ class Batch:
     view: torch.Tensor | None = None  # stays on the host
     mask: torch.Tensor | None = None
     lengths: torch.Tensor | None = None
+    target_lengths: torch.Tensor | None = None  # stays on the host (ctc)
+    host_lengths: torch.Tensor | None = None  # a host copy of ``lengths`` (ctc: no sync)
 
     @property
     def size(self) -> int:
@@ -72,10 +75,11 @@ def parse_batch(raw: object) -> Batch:
                 f"a batch dict needs an 'input' or 'waveform' entry, got keys {sorted(raw)}")
         inputs = raw[present[0]]
         fields = {name: _as_tensor(name, raw.get(name))
-                  for name in ("label", "index", "view", "mask", "lengths")}
+                  for name in ("label", "index", "view", "mask", "lengths",
+                               "target_lengths")}
         batch = Batch(inputs=_as_tensor(present[0], inputs), labels=fields["label"],
                       index=fields["index"], view=fields["view"], mask=fields["mask"],
-                      lengths=fields["lengths"])
+                      lengths=fields["lengths"], target_lengths=fields["target_lengths"])
     elif isinstance(raw, (tuple, list)):
         if not 1 <= len(raw) <= 4:
             raise ValueError("a batch tuple must be (input, label[, index[, mask]]), got "
@@ -96,8 +100,14 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
         return None if tensor is None else tensor.to(device, non_blocking=True)
 
+    lengths = batch.lengths
+    host = None if lengths is None or lengths.device.type != "cpu" else lengths
+    targets = batch.target_lengths
+    if targets is not None and targets.device.type != "cpu":
+        targets = None  # on the device already: recomputed from the labels
     return Batch(inputs=move(batch.inputs), labels=move(batch.labels), index=batch.index,
-                 view=batch.view, mask=move(batch.mask), lengths=move(batch.lengths))
+                 view=batch.view, mask=move(batch.mask), lengths=move(lengths),
+                 target_lengths=targets, host_lengths=host)
 
 
 class SkippingBatchSampler(Sampler[list[int]]):

@@ -2,8 +2,9 @@
 
 Layout of a cache directory:
 
-- ``meta.json``: the key (teacher fingerprint, frontend fingerprint, tapped teacher modules,
-  task), ``num_items``, ``num_views`` and the per-item shape of every stored output;
+- ``meta.json``: the key (:func:`kdcore.engine.teachers.cache_key`: teacher, teacher frontend
+  state and settings, tapped teacher modules, task, sample rate, data fingerprint),
+  ``num_items``, ``num_views`` and the per-item shape of every stored output;
 - ``<name>.f32``: one float32 ``numpy.memmap`` per output, shaped (num_items, num_views, *shape)
   (``logits`` and ``feature0``, ``feature1``, ... for the tapped teacher features);
 - ``filled.u8``: (num_items, num_views) flags, set after the row's outputs are written.
@@ -29,7 +30,8 @@ FORMAT_VERSION = 1
 
 
 class CacheMismatchError(ValueError):
-    """A cache directory the user named holds outputs of another teacher or frontend."""
+    """A cache directory the user named was built for another key (teacher, frontend, task,
+    sample rate or data)."""
 
 
 class TeacherCache:
@@ -59,16 +61,23 @@ class TeacherCache:
                 found = json.loads(meta_path.read_text())
             except (OSError, json.JSONDecodeError):
                 found = None
-            if found is not None and found.get("key") != self.key and explicit:
+            stored = found.get("key", {}) if isinstance(found, dict) else {}
+            same_key = self._key_matches(stored)
+            if found is not None and not same_key and explicit:
+                differ = sorted(k for k in set(stored) | set(self.key)
+                                if stored.get(k) != self.key.get(k))
                 raise CacheMismatchError(
                     f"the teacher cache in {self.directory} was built for another teacher or "
-                    f"frontend (fingerprint {str(found.get('key', {}).get('teacher'))[:12]}, "
-                    f"this teacher is {self.key['teacher'][:12]}); delete it or point cache_dir "
+                    f"key (differs in {differ}: teacher {str(stored.get('teacher'))[:12]} vs this "
+                    f"{str(self.key.get('teacher'))[:12]}); delete it or point cache_dir "
                     "somewhere else")
-            if found == self._meta() and self._files_complete():
+            if (same_key and found.get("num_items") == self.num_items
+                    and found.get("num_views") == self.num_views
+                    and found.get("shapes") == self._meta()["shapes"]
+                    and self._files_complete()):
                 return
-            reason = ("another teacher or frontend" if found is None
-                      or found.get("key") != self.key else "another dataset layout")
+            reason = ("another teacher, frontend, task or dataset" if not same_key
+                      else "another dataset layout")
             warnings.warn(f"kdcore: the teacher cache in {self.directory} is stale (built for "
                           f"{reason}); rebuilding it", RuntimeWarning, stacklevel=3)
             shutil.rmtree(self.directory)
@@ -81,6 +90,20 @@ class TeacherCache:
         temporary = meta_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(self._meta(), indent=1))
         temporary.replace(meta_path)
+
+    def _key_matches(self, stored: dict) -> bool:
+        """Equal keys; or a key written by an older writer (a subset of the fields, all
+        equal), accepted with a warning: it cannot vouch for the missing fields."""
+        if stored == self.key:
+            return True
+        if stored and set(stored) < set(self.key) and all(
+                self.key[k] == v for k, v in stored.items()):
+            missing = sorted(set(self.key) - set(stored))
+            warnings.warn(f"kdcore: the teacher cache in {self.directory} has an older key "
+                          f"without {missing}; it is used as is, rebuild it to cover them",
+                          UserWarning, stacklevel=4)
+            return True
+        return False
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.f32"
