@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import re
 import statistics
@@ -78,5 +79,8 @@ def merge_results(path: Path, key: str, payload: dict) -> Path:
             data = {}
     data[key] = payload
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    # Written aside, then renamed: a run stopped mid-write (a time cap) keeps the old file whole.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, path)
     return path
