@@ -59,7 +59,7 @@ def environment(command: str, dry_run: bool) -> dict:
                   "command": command, "dry_run": dry_run,
                   "python": platform.python_version(), "torch": torch.__version__,
                   "cuda": torch.version.cuda, "cpu": cpu_model()}
-    for name in ("triton", "torchaudio", "numpy", "liger_kernel", "kdcore"):
+    for name in ("triton", "torchaudio", "numpy", "liger_kernel", "kdcore", "soundfile", "soxr"):
         try:
             module = __import__(name)
             info[name] = getattr(module, "__version__", "?")

@@ -119,6 +119,8 @@ if [ "$DRY" = 0 ]; then
         "$PY" -c "import kdcore, soundfile, soxr; print('kdcore', kdcore.__version__, 'from', kdcore.__file__)"
     }
     phase install "$CAP_INSTALL" bash -c "$(declare -f install); PY='$PY'; install" || FAILED=1
+    # Record again, now that kdcore and the carried wheels (liger-kernel) are importable.
+    "$PY" "$ROOT/benchmarks/gpu_report.py" env "$RESULTS" --command "$COMMAND" >/dev/null || true
     # Test collection builds kdcore's C++ CPU kernels once; start that now, in the background.
     "$PY" -c "from kdcore import _backends; _backends.cpp_ops()" >"$OUTDIR/cpp_build.log" 2>&1 &
     CPP_PID=$!

@@ -85,3 +85,31 @@ def test_dry_run_writes_every_section_and_prints_the_table_last(tmp_path):
     assert "no results" not in table, table
     assert (out / "gpu_check_table.txt").read_text().strip() == table.strip()
     assert (out / "gpu_check.log").stat().st_size > 0
+
+
+def _item(nodeid: str, marks=(), fixtures=()):
+    from types import SimpleNamespace
+
+    path = Path(nodeid.split("::")[0])
+    return SimpleNamespace(path=path, nodeid=nodeid, fixturenames=list(fixtures),
+                           iter_markers=lambda: iter(marks))
+
+
+def test_cuda_selection_rules():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from pytest_cuda_only import needs_cuda
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    skipif = pytest.mark.skipif(True, reason="needs a CUDA GPU").mark
+    none_reason = pytest.mark.skipif(False, reason="None").mark
+    assert needs_cuda(_item("tests/test_a.py::test_cuda_parity[bf16]"))
+    assert needs_cuda(_item("tests/test_a.py::test_x[device=cuda]"))
+    assert needs_cuda(_item("tests/test_a.py::test_x", marks=[skipif]))
+    assert needs_cuda(_item("tests/test_a.py::test_x", marks=[pytest.mark.gpu.mark]))
+    assert needs_cuda(_item("tests/test_a.py::test_x", fixtures=["cuda_device"]))
+    # A CPU test is not picked because its file name or an unrelated mark says nothing.
+    assert not needs_cuda(_item("tests/test_gpu_things.py::test_plain", marks=[none_reason]))
+    assert not needs_cuda(_item("tests/test_a.py::test_plain", fixtures=["tmp_path"]))
+    # This file's own dry-run test would recurse: never picked.
+    assert not needs_cuda(_item("tests/test_gpu_check.py::test_dry_run_gpu"))
