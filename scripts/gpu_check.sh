@@ -142,6 +142,10 @@ if [ "$DRY" = 1 ]; then
 else
     "$PY" -c "import xdist" 2>/dev/null && PYTEST+=(-n 4)
     "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout=90)
+    # pytest-timeout >= 2.3 stops the session in time to still write the JUnit report.
+    "$PY" -c "import inspect, pytest_timeout, sys
+sys.exit('session_timeout' not in inspect.getsource(pytest_timeout))" 2>/dev/null \
+        && PYTEST+=(--session-timeout="$((CAP_TESTS - 20))")
 fi
 TEST_BEGIN=$SECONDS
 phase cuda_tests "$CAP_TESTS" env "${TEST_ENV[@]}" "$PY" -m pytest "${PYTEST[@]}" \

@@ -96,6 +96,8 @@ def _item(nodeid: str, marks=(), fixtures=()):
 
 
 def test_cuda_selection_rules():
+    from types import SimpleNamespace
+
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         from pytest_cuda_only import needs_cuda
@@ -106,7 +108,8 @@ def test_cuda_selection_rules():
     assert needs_cuda(_item("tests/test_a.py::test_cuda_parity[bf16]"))
     assert needs_cuda(_item("tests/test_a.py::test_x[device=cuda]"))
     assert needs_cuda(_item("tests/test_a.py::test_x", marks=[skipif]))
-    assert needs_cuda(_item("tests/test_a.py::test_x", marks=[pytest.mark.gpu.mark]))
+    assert needs_cuda(_item("tests/test_a.py::test_x", marks=[SimpleNamespace(name="gpu", args=(),
+                                                                        kwargs={})]))
     assert needs_cuda(_item("tests/test_a.py::test_x", fixtures=["cuda_device"]))
     # A CPU test is not picked because its file name or an unrelated mark says nothing.
     assert not needs_cuda(_item("tests/test_gpu_things.py::test_plain", marks=[none_reason]))
