@@ -144,6 +144,8 @@ def table_lines(data: dict) -> list[str]:
                          f"{' (collect only)' if tests.get('collect_only') else ''}; "
                          f"selected {tests.get('selected', '?')}")
             lines += [f"  FAILED {test_id}" for test_id in tests.get("failing", [])[:8]]
+            reasons = sorted(tests.get("skip_reasons", {}).items(), key=lambda kv: -kv[1])
+            lines += [f"  skipped {count}: {reason}" for reason, count in reasons[:3]]
 
     losses = data.get("losses")
     if losses:
@@ -248,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             summary = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failing": []}
         else:
             summary = junit_summary(args.junit)
-        summary.update(rc=args.rc, seconds=args.seconds, selected=args.selected,
+        selected = args.selected
+        if selected is None and "error" not in summary:
+            selected = sum(summary[key] for key in ("passed", "failed", "errors", "skipped"))
+        summary.update(rc=args.rc, seconds=args.seconds, selected=selected,
                        collect_only=args.collect_only)
         merge_results(args.results, "cuda_tests", summary)
     elif args.action == "phase":
