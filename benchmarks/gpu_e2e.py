@@ -346,7 +346,8 @@ def main(args: argparse.Namespace) -> int:
     result: dict = {
         "device": device_name, **environment(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "config": {k: v for k, v in config.items() if k not in ("seeds",)},
+        "config": {k: v for k, v in config.items() if k not in (
+            "seeds", "epochs", "test_clips", "teacher_epochs", "teacher_lr")},
         "epochs": args.epochs, "dtype": "bf16 autocast (Distiller, seed-bf16); fp32 seed-fp32",
         "seed_frontend": frontend_name,
         "teacher_params": sum(p.numel() for p in teacher.parameters()),

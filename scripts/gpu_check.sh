@@ -26,6 +26,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+COMMAND="bash scripts/gpu_check.sh${*:+ $*}"
 DRY=0
 OUTDIR=""
 SWEEP=()
@@ -67,8 +68,6 @@ LOG="$OUTDIR/gpu_check.log"
 exec > >(tee -a "$LOG") 2>&1
 STARTED=$SECONDS
 FAILED=0
-COMMAND="bash scripts/gpu_check.sh $*"
-[ "$DRY" = 1 ] && COMMAND="$COMMAND --dry-run"
 
 if [ "$DRY" = 1 ]; then
     SLUG=cpu-dry-run

@@ -33,6 +33,7 @@ def test_dry_run_writes_every_section_and_prints_the_table_last(tmp_path):
     missing = [section for section in SECTIONS if section not in data]
     assert not missing, f"sections missing: {missing}\n{output[-3000:]}"
     assert data["environment"]["dry_run"] is True
+    assert data["environment"]["command"] == f"bash scripts/gpu_check.sh --dry-run --out {out}"
     assert data["environment"]["torch"]
     for name in ("cuda_tests", "losses", "log_mel", "e2e"):
         assert data["phases"][name]["rc"] == 0, data["phases"]
