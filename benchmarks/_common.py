@@ -13,8 +13,10 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUANTILES = [0.5, 0.2, 0.8]
@@ -57,6 +59,8 @@ def cpu_model() -> str:
 
 def environment() -> dict:
     """Versions and the date (UTC) that every result records."""
+    import torch  # here, so that the bookkeeping helpers load without torch
+
     versions = {"torch": torch.__version__, "cuda": torch.version.cuda,
                 "python": platform.python_version()}
     try:

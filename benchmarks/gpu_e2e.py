@@ -60,8 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="CPU smoke test: tiny config, Triton interpreter, no compile")
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
-    parser.add_argument("--epochs", type=int, default=3,
-                        help="epochs per variant, the first a warm-up (default 3)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per variant, the first a warm-up (default 3; 2 in a dry "
+                             "run)")
     parser.add_argument("--clips", type=int, default=None,
                         help="clips per epoch (default: 1024 on a GPU, 32 in a dry run)")
     parser.add_argument("--budget-s", type=float, default=None,
@@ -93,7 +94,7 @@ from kdcore.models import create  # noqa: E402
 
 GPU_CONFIG = {**CONFIGS["gpu"], "clips": 1024, "batch": 64, "classes": 32}
 # The dry run takes the plain-torch backends: the C++ one would first build its extension.
-DRY_CONFIG = {**CONFIGS["tiny"], "clips": 32, "batch": 8, "classes": 4, "backend": "reference"}
+DRY_CONFIG = {**CONFIGS["tiny"], "clips": 16, "batch": 8, "classes": 4, "backend": "reference"}
 
 
 class DeviceBatches:
@@ -323,6 +324,8 @@ def main(args: argparse.Namespace) -> int:
         variants = list(args.variants)
     if args.clips is not None:
         config["clips"] = args.clips
+    if args.epochs is None:
+        args.epochs = 2 if args.dry_run else 3
     output = args.output
     if output is None:
         output = (Path(os.environ.get("TMPDIR", "/tmp")) / "kdcore-gpu-e2e-dry-run.json"
@@ -330,7 +333,8 @@ def main(args: argparse.Namespace) -> int:
 
     waveforms, labels = make_clips(config, device)
     loader = DeviceBatches(waveforms, labels, config["batch"])
-    parity_loader = DeviceBatches(waveforms[:4 * config["batch"]], labels[:4 * config["batch"]],
+    parity_rows = min(4 * config["batch"], config["clips"])
+    parity_loader = DeviceBatches(waveforms[:parity_rows], labels[:parity_rows],
                                   config["batch"], shuffle=False)
     torch.manual_seed(0)
     teacher = create("teacher_cnn", config["classes"], n_mels=config["n_mels"],
