@@ -184,11 +184,13 @@ def liger_status(args: argparse.Namespace) -> str:
     if args.no_liger:
         return "disabled (--no-liger)"
     try:
-        import liger_kernel
+        from importlib.metadata import version
 
-        return f"liger-kernel {getattr(liger_kernel, '__version__', '?')}"
-    except Exception as error:
-        return f"not importable ({type(error).__name__})"
+        from liger_kernel.transformers import LigerJSD, LigerKLDIVLoss  # noqa: F401
+
+        return f"liger-kernel {version('liger-kernel')}"
+    except Exception as error:  # what liger_loss() would meet
+        return f"not importable ({type(error).__name__}: {str(error)[:80]})"
 
 
 def providers(op: str, kind: str, shape: tuple[int, int], device: torch.device,
