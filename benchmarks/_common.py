@@ -6,34 +6,39 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import re
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUANTILES = [0.5, 0.2, 0.8]
+CPU_REPEATS = 5  # timed calls per CPU measurement; dry runs lower it
 
 
 def bench(fn: Callable[[], object], device: torch.device) -> list[float]:
     """[median, 20 %, 80 %] milliseconds: ``do_bench`` on a GPU; on the CPU (dry runs) a warm-up
-    and five timed calls, whose spread is only indicative."""
+    and ``CPU_REPEATS`` (default 5) timed calls, whose spread is only indicative."""
     if device.type == "cuda":
         import triton.testing
 
         return list(triton.testing.do_bench(fn, quantiles=QUANTILES))
     fn()  # warm-up (compiles / interprets once)
     samples = []
-    for _ in range(5):
+    for _ in range(max(CPU_REPEATS, 1)):
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
     samples.sort()
-    return [statistics.median(samples), samples[1], samples[-2]]
+    low, high = (1, -2) if len(samples) >= 5 else (0, -1)
+    return [statistics.median(samples), samples[low], samples[high]]
 
 
 def device_slug(name: str) -> str:
@@ -54,6 +59,8 @@ def cpu_model() -> str:
 
 def environment() -> dict:
     """Versions and the date (UTC) that every result records."""
+    import torch  # here, so that the bookkeeping helpers load without torch
+
     versions = {"torch": torch.__version__, "cuda": torch.version.cuda,
                 "python": platform.python_version()}
     try:
@@ -76,5 +83,8 @@ def merge_results(path: Path, key: str, payload: dict) -> Path:
             data = {}
     data[key] = payload
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    # Written aside, then renamed: a run stopped mid-write (a time cap) keeps the old file whole.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, path)
     return path

@@ -21,7 +21,11 @@ Usage::
 
     python benchmarks/gpu_log_mel.py              # full run on the current GPU
     python benchmarks/gpu_log_mel.py --quick      # batch 1 and 64 only
+    python benchmarks/gpu_log_mel.py --batches 1 8 64 --precisions ieee tf32 --budget-s 40
     python benchmarks/gpu_log_mel.py --dry-run    # CPU smoke test (interpreter, tiny shapes)
+
+With ``--budget-s`` the batches that would start after the budget are recorded as skipped; the
+JSON is rewritten after every batch, so a run stopped from outside keeps what it measured.
 
 Results merge into ``benchmarks/results/<gpu-name>.json`` under the key ``"log_mel"``. Exit
 status 1 when a correctness check fails.
@@ -56,6 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="CPU smoke test: Triton interpreter, tiny shapes, wall-clock timer")
     parser.add_argument("--quick", action="store_true", help="batches 1 and 64 only")
+    parser.add_argument("--batches", nargs="+", type=int, default=None,
+                        help=f"batch sizes of {SECONDS} s clips (default {BATCHES})")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no new batch after this many seconds (default: no limit)")
     parser.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS)
     parser.add_argument("--output", type=Path, default=None,
                         help="results JSON (default benchmarks/results/<gpu-name>.json)")
@@ -66,6 +74,9 @@ _ARGS = parse_args() if __name__ == "__main__" else None
 if _ARGS is not None and _ARGS.dry_run:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import time  # noqa: E402
+
+import _common  # noqa: E402
 import torch  # noqa: E402
 from _common import (  # noqa: E402
     RESULTS_DIR,
@@ -216,7 +227,7 @@ def run_batch(batch_size: int, device: torch.device, fns: dict, bandwidth: float
 def evaluate_targets(cases: list[dict]) -> dict:
     verdicts = {}
     for case in cases:
-        providers_ = case["providers"]
+        providers_ = case.get("providers", {})
         if "kdcore-ieee" not in providers_ or "torchaudio" not in providers_:
             continue
         speedup = providers_["torchaudio"]["ms"][0] / providers_["kdcore-ieee"]["ms"][0]
@@ -231,6 +242,9 @@ def format_table(cases: list[dict]) -> str:
     lines = [f"{'batch':>5} {'provider':<16} {'median ms':>10} {'h audio/s':>10} "
              f"{'mel relL2':>10} {'log maxabs':>10} ok"]
     for case in cases:
+        if "skipped" in case or "error" in case:
+            lines.append(f"{case['batch']:>5} {case.get('skipped') or case.get('error')}")
+            continue
         for name, entry in case["providers"].items():
             lines.append(f"{case['batch']:>5} {name:<16} {entry['ms'][0]:>10.4f} "
                          f"{entry['hours_of_audio_per_s']:>10.1f} {entry['mel_rel_l2']:>10.1e} "
@@ -246,10 +260,13 @@ def format_table(cases: list[dict]) -> str:
 
 
 def write_results(path: Path, device_name: str, cases: list[dict], bandwidth: float,
-                  throughput: dict, targets: dict) -> None:
+                  throughput: dict, targets: dict, complete: bool = True) -> None:
     merge_results(path, "log_mel", {
         "device": device_name,
         **environment(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "complete": complete,
+        "dtype": "float32 waveforms and features",
         "settings": SETTINGS,
         "timing": "triton.testing.do_bench, quantiles [0.5, 0.2, 0.8], ms, log-mel output",
         "copy_bandwidth_GBps": bandwidth / 1e6,
@@ -261,16 +278,19 @@ def write_results(path: Path, device_name: str, cases: list[dict], bandwidth: fl
 
 
 def main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     if args.dry_run:
         device, device_name = torch.device("cpu"), "cpu-dry-run"
-        batches, samples = [1, 2], 1600
+        batches, samples = args.batches or [1, 2], 1600
+        _common.CPU_REPEATS = 1
     else:
         if not torch.cuda.is_available():
             print("no CUDA device: run with --dry-run for the CPU smoke test", file=sys.stderr)
             return 2
         device = torch.device("cuda")
         device_name = torch.cuda.get_device_name(device)
-        batches, samples = (QUICK_BATCHES if args.quick else BATCHES), SECONDS * SAMPLE_RATE
+        batches = args.batches or (QUICK_BATCHES if args.quick else BATCHES)
+        samples = SECONDS * SAMPLE_RATE
     output = args.output
     if output is None:
         output = (Path(os.environ.get("TMPDIR", "/tmp")) / "kdcore-gpu-log-mel-dry-run.json"
@@ -281,8 +301,16 @@ def main(args: argparse.Namespace) -> int:
     flops_per_frame = kernel_flops_per_frame(device)
     cases = []
     for batch_size in batches:
-        cases.append(run_batch(batch_size, device, fns, bandwidth, throughput, samples,
-                               flops_per_frame))
+        if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+            cases.append({"batch": batch_size, "skipped": f"budget {args.budget_s:.0f} s spent"})
+            continue
+        try:
+            cases.append(run_batch(batch_size, device, fns, bandwidth, throughput, samples,
+                                   flops_per_frame))
+        except Exception as error:  # e.g. out of memory: record, go on
+            cases.append({"batch": batch_size, "error": f"{type(error).__name__}: {error}"[:500]})
+        write_results(output, device_name, cases, bandwidth, throughput,
+                      evaluate_targets(cases), complete=False)
         print(f"done batch {batch_size}", file=sys.stderr, flush=True)
     targets = evaluate_targets(cases)
     print(f"device: {device_name}; torch {torch.__version__}; copy {bandwidth / 1e6:.0f} GB/s; "
@@ -293,8 +321,9 @@ def main(args: argparse.Namespace) -> int:
               f"{'MET' if verdict['met'] else 'NOT MET'}")
     write_results(output, device_name, cases, bandwidth, throughput, targets)
     print(f"wrote {output}")
-    failed = [name for case in cases for name, entry in case["providers"].items()
-              if entry["correct"] is False]
+    failed = [name for case in cases for name, entry in case.get("providers", {}).items()
+              if entry["correct"] is False] + [f"batch {c['batch']}" for c in cases
+                                               if "error" in c]
     if failed:
         print(f"correctness check FAILED for {sorted(set(failed))}", file=sys.stderr)
     return 1 if failed else 0
