@@ -1,7 +1,8 @@
 """``LogMel``: the log-mel frontend as an ``nn.Module``, with presets that reproduce the feature
 recipes teachers are commonly trained with.
 
-Presets (``LogMel.from_preset(name, **overrides)``); sources in ``../shared/REFERENCE.md`` §3:
+Presets (``LogMel.from_preset(name, **overrides)``), each from its library's documented
+defaults:
 
 - ``"torchaudio"``: ``torchaudio.transforms.MelSpectrogram()`` defaults: 16 kHz, n_fft 400,
   win 400, hop 200 (win//2), periodic Hann, center reflect, power 2, HTK scale, no norm,

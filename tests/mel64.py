@@ -1,4 +1,4 @@
-"""Independent float64 numpy log-mel, written from the recipes (REFERENCE.md §3), not from
+"""Independent float64 numpy log-mel, written from each library's documented recipe, not from
 kdcore's code: numpy.pad for padding, a loop over frames that follows torch.stft's framing
 (window centred in an n_fft frame), numpy.fft.rfft, filters built one triangle at a time."""
 
