@@ -290,24 +290,32 @@ def _logit(p: torch.Tensor) -> torch.Tensor:
 
 
 def run_vad_demo(out: str | Path = "kdcore_demo", *, quick: bool = False, quiet: bool = False,
-                 seed: int = 0, config: VadDemoConfig | None = None) -> dict[str, Any]:
+                 seed: int = 0, config: VadDemoConfig | None = None,
+                 progress: bool = True) -> dict[str, Any]:
     """Distil Silero VAD into a :class:`VadStudent` and write the model, a report, metrics
     and plots to ``out`` (default ``kdcore_demo``).
 
     Args: ``quick`` (default False) picks :data:`QUICK` sizes instead of :data:`FULL`;
     ``quiet`` (default False) prints nothing (no progress bars either); ``seed`` (default 0)
-    seeds data, noise and initialisation; ``config`` (default None) overrides both presets.
+    seeds data, noise and initialisation; ``config`` (default None) overrides both presets;
+    ``progress`` (default True) shows one progress bar per phase (teacher, each epoch).
     Returns the report dict also written to ``out/report.json``."""
     from kdcore import teachers
 
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     config = config or (QUICK if quick else FULL)
+    try:
+        import matplotlib  # noqa: F401  (checked before the work: the plots come last)
+    except ImportError as error:
+        raise ImportError("kdcore demo draws its plots with matplotlib: pip install "
+                          "'kdcore[report]'") from error
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if quiet else (lambda text: print(text, flush=True))
     started = time.perf_counter()
     torch.manual_seed(seed)
+    no_bars = quiet or not progress
 
     teacher = teachers.load("silero-vad")
     data = build_data(config, seed)
@@ -324,7 +332,7 @@ def run_vad_demo(out: str | Path = "kdcore_demo", *, quick: bool = False, quiet:
     chunks = [train[i:i + 32] for i in range(0, train.shape[0], 32)]
     chunks += [test[name] for name in test_names]
     teacher_started = time.perf_counter()
-    probabilities = _teacher_probabilities(stream, chunks, quiet)
+    probabilities = _teacher_probabilities(stream, chunks, no_bars)
     teacher_seconds = time.perf_counter() - teacher_started
     train_p = torch.cat(probabilities[:len(chunks) - len(test_names)])
     test_p = dict(zip(test_names, probabilities[len(chunks) - len(test_names):], strict=True))
@@ -352,7 +360,7 @@ def run_vad_demo(out: str | Path = "kdcore_demo", *, quick: bool = False, quiet:
             epoch_started = time.perf_counter()
             student.train()
             order = torch.randperm(train.shape[0], generator=gen)
-            bar = _bar(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", quiet, "batch")
+            bar = _bar(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", no_bars, "batch")
             total, count = 0.0, 0
             for start in range(0, train.shape[0], config.batch_size):
                 rows = order[start:start + config.batch_size]
