@@ -35,6 +35,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -443,6 +445,11 @@ def run_vad_demo(out: str | Path = "kdcore_demo", *, quick: bool = False, quiet:
             "test_speakers": data["test_speakers"], "test_noises": data["test_info"]},
         "teacher_seconds": teacher_seconds, "history": history,
         "torch_threads": torch.get_num_threads(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                    "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg")
+                    else None},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     _plot_timeline(out / "vad_timeline.png", test, test_p, test_s, data["test_info"])
     _plot_curves(out / "training_curves.png", history, quality)
@@ -518,7 +525,7 @@ def _plot_timeline(path: Path, test: dict[str, torch.Tensor], teacher_p: dict[st
     waveform = test[name][item].double().numpy()
     frames = teacher_p[name].shape[-1]
     times = (np.arange(frames) + 0.5) * HOP / RATE
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True,
                                          gridspec_kw={"height_ratios": [3, 2]})
     top.specgram(waveform + 1e-9, NFFT=512, Fs=RATE, noverlap=384, cmap="magma",
                  vmin=-120)
@@ -539,7 +546,7 @@ def _plot_timeline(path: Path, test: dict[str, torch.Tensor], teacher_p: dict[st
     bottom.set_xlabel("time (s)")
     bottom.set_ylabel("speech probability")
     bottom.set_title("VAD timeline: speech probability per 32 ms chunk")
-    bottom.legend(loc="upper right", fontsize=8, ncol=2)
+    bottom.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize=8, ncol=4)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -550,8 +557,10 @@ def _plot_curves(path: Path, history: list[dict], quality: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] + 1 for r in history]
+    noisy = ", ".join(name for name in quality if name != "clean")
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(epochs, [r["train_kd_loss"] for r in history], marker="o")
     left.set_xlabel("epoch")
@@ -561,7 +570,7 @@ def _plot_curves(path: Path, history: list[dict], quality: dict) -> None:
     right.plot(epochs, [100 * r["test_clean_agreement"] for r in history], marker="o",
                label="student, clean")
     right.plot(epochs, [100 * r["test_noisy_agreement"] for r in history], marker="s",
-               label="student, noisy (0-10 dB)")
+               label=f"student, noisy (mean over {noisy} SNR)")
     trivial = max(quality["clean"]["all_speech"]["agreement"],
                   quality["clean"]["all_silence"]["agreement"])
     right.axhline(100 * trivial, color="0.5", linestyle=":",
@@ -571,6 +580,8 @@ def _plot_curves(path: Path, history: list[dict], quality: dict) -> None:
     right.set_title("held-out speakers, decisions at p >= 0.5")
     right.legend(fontsize=8)
     right.grid(alpha=0.3)
+    for axes in (left, right):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
