@@ -116,17 +116,22 @@ void kd_loss_row(const scalar_t* __restrict student_row, const scalar_t* __restr
   const acc_t ce_weight = options.has_labels ? static_cast<acc_t>(1.0 - options.alpha) : acc_t(0);
   const acc_t grad_scale = static_cast<acc_t>(options.grad_scale);
 
-  // Sweep 1: the only read of the inputs (plus the label's logit below).
+  // Sweep 1: the only read of the inputs (plus the label's logit below). reverse_kl restricts
+  // the student to the teacher's support: a class whose teacher logit is -inf counts as -inf
+  // for the student too (the KD term and its gradient only; the CE term sees every class).
   acc_t max_s = -kInf;
   acc_t max_t = -kInf;
-#pragma omp simd reduction(max : max_s, max_t)
+  acc_t max_full = -kInf;  // over the unrestricted student, for the CE term
+#pragma omp simd reduction(max : max_s, max_t, max_full)
   for (int64_t c = 0; c < classes; ++c) {
-    const acc_t s = static_cast<acc_t>(student_row[c]);
+    const acc_t full = static_cast<acc_t>(student_row[c]);
     const acc_t t = static_cast<acc_t>(teacher_row[c]);
+    const acc_t s = kKind == kReverseKl && t == -kInf ? -kInf : full;
     raw_s[c] = s;
     raw_t[c] = t;
     max_s = s > max_s ? s : max_s;
     max_t = t > max_t ? t : max_t;
+    max_full = full > max_full ? full : max_full;
   }
 
   // Pass 2: e = exp(u), u = (x - max)/T, and the normalisers. For the KL kinds, with p the
@@ -182,19 +187,21 @@ void kd_loss_row(const scalar_t* __restrict student_row, const scalar_t* __restr
   const acc_t* hard = exp_s;  // exp(student - max) at T = 1 (exact reuse when T == 1)
   Normaliser<acc_t> norm_h = norm_s;
   if (options.has_labels) {
-    if (options.temperature != 1.0) {
+    if (options.temperature != 1.0 || kKind == kReverseKl) {
       acc_t top_h = 0;
       acc_t rest_h = 0;
 #pragma omp simd reduction(+ : top_h, rest_h)
       for (int64_t c = 0; c < classes; ++c) {
-        const acc_t e_h = exp_vec(raw_s[c] - max_s);
+        const acc_t e_h = exp_vec(static_cast<acc_t>(student_row[c]) - max_full);
         exp_h[c] = e_h;
         count_top(e_h, top_h, rest_h);
       }
       norm_h = Normaliser<acc_t>(top_h, rest_h);
       hard = exp_h;
     }
-    cross_entropy = label_in_range ? norm_h.log_sum - (raw_s[label] - max_s) : kNaN;
+    cross_entropy = label_in_range
+                        ? norm_h.log_sum - (static_cast<acc_t>(student_row[label]) - max_full)
+                        : kNaN;
   }
   const acc_t ce_coef = !options.has_labels ? acc_t(0)
                         : label_in_range     ? grad_scale * ce_weight

@@ -2,6 +2,7 @@
 
 from kdcore._backends import BACKENDS, BackendUnavailableError
 from kdcore.engine import Distiller, History
+from kdcore.export import export_model
 from kdcore.frontend import LogMel
 from kdcore.losses import FeatureLoss, KDBCELoss, KDLoss
 from kdcore.ops import feature_loss, kd_bce_loss, kd_loss
@@ -20,6 +21,7 @@ __all__ = [
     "KDLoss",
     "LogMel",
     "Resample",
+    "export_model",
     "feature_loss",
     "kd_bce_loss",
     "kd_loss",

@@ -13,7 +13,8 @@ import contextlib
 import functools
 import hashlib
 import importlib
-import importlib.resources
+import importlib.machinery
+import importlib.util
 import os
 import sys
 import warnings
@@ -25,6 +26,40 @@ import torch
 
 BACKENDS = ("auto", "triton", "cpp", "reference")
 CPP_LIBRARY = "kdcore_cpp"
+TRITON_LAUNCHERS = "kdcore.kernels.launchers"
+
+
+def _source_package(name: str, folder: str) -> None:
+    """Make ``kdcore.<name>`` importable from the checkout's top-level ``<folder>/``.
+
+    ``kernels/`` and ``csrc/`` carry no ``__init__.py``, so that with the repository root on
+    ``sys.path`` they never shadow an installed top-level package of the same name (transformers
+    imports the PyPI package ``kernels``). A wheel installs them as the namespace subpackages
+    ``kdcore.kernels`` and ``kdcore.csrc``; an editable install's finder cannot map a namespace
+    subpackage to another folder, so there (and when running from a plain checkout) the
+    subpackage is registered here, pointing at the folder."""
+    full_name = f"kdcore.{name}"
+    if full_name in sys.modules:
+        return
+    try:
+        if importlib.util.find_spec(full_name) is not None:
+            return
+    except (ImportError, ValueError):
+        pass
+    path = Path(__file__).resolve().parent.parent / folder
+    if not path.is_dir():
+        return
+    spec = importlib.machinery.ModuleSpec(full_name, None, is_package=True)
+    spec.submodule_search_locations = [str(path)]
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[full_name] = module
+    parent = sys.modules.get("kdcore")
+    if parent is not None:
+        setattr(parent, name, module)
+
+
+_source_package("kernels", "kernels")
+_source_package("csrc", "csrc")
 
 
 class BackendUnavailableError(ValueError):
@@ -46,11 +81,11 @@ def _triton_import_error() -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def triton_kernels() -> ModuleType:
-    """Import ``kdcore.kernels`` (lazily, so ``TRITON_INTERPRET`` may be set late)."""
+    """Import ``kdcore.kernels.launchers`` (lazily, so ``TRITON_INTERPRET`` may be set late)."""
     reason = _triton_import_error()
     if reason is not None:
         raise BackendUnavailableError(f"backend='triton' is unavailable: {reason}")
-    return importlib.import_module("kdcore.kernels")
+    return importlib.import_module(TRITON_LAUNCHERS)
 
 
 def triton_unavailable_reason(device: torch.device) -> str | None:
@@ -61,7 +96,7 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     if device.type == "cuda":
         return None
     if device.type == "cpu":
-        if "kdcore.kernels" in sys.modules:
+        if TRITON_LAUNCHERS in sys.modules:
             if triton_kernels().INTERPRET:
                 return None
             return (
@@ -78,11 +113,14 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 
 
 def _csrc_dir() -> Path:
+    """The folder of the C++ sources: ``kdcore.csrc`` (installed, or the checkout's ``csrc/``)."""
     try:
-        path = Path(str(importlib.resources.files("kdcore.csrc")))
-        if path.is_dir() and any(path.glob("*.cpp")):
-            return path
-    except (ModuleNotFoundError, TypeError):
+        module = importlib.import_module("kdcore.csrc")
+        for entry in getattr(module, "__path__", []):
+            path = Path(entry)
+            if path.is_dir() and any(path.glob("*.cpp")):
+                return path
+    except ImportError:
         pass
     return Path(__file__).resolve().parent.parent / "csrc"
 
@@ -99,14 +137,17 @@ def _cpp_cflags() -> list[str]:
 
 def cpp_build_directory() -> Path:
     """Where the C++ library is built: under torch's extension root (``TORCH_EXTENSIONS_DIR``),
-    named by a digest of the sources, flags, Python and torch, so builds that differ in any of
-    them never share (and rebuild) one directory."""
+    named by a digest of the sources, their folder, flags, Python and torch, so builds that
+    differ in any of them never share (and rebuild) one directory."""
     from torch.utils import cpp_extension
 
     digest = hashlib.sha1()
     for source in sorted(_csrc_dir().glob("*.cpp")) + sorted(_csrc_dir().glob("*.h")):
         digest.update(source.read_bytes())
-    digest.update(" ".join(_cpp_cflags() + [sys.version, torch.__version__]).encode())
+    # The source folder too: torch rebuilds whenever a directory's build file names other
+    # source paths, so two checkouts sharing one directory would rebuild each other's library.
+    digest.update(" ".join(_cpp_cflags() + [sys.version, torch.__version__,
+                                            str(_csrc_dir())]).encode())
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
     return root / f"{CPP_LIBRARY}_{digest.hexdigest()[:10]}"
 
@@ -172,6 +213,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """Map ``backend`` (one of :data:`BACKENDS`) to the concrete backend for ``device``."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _resolve(backend, device)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(backend: str, device: torch.device) -> str:
+    """:func:`resolve_backend` after its argument check. Under ``torch.compile`` it runs once at
+    trace time (it may build the C++ library or import Triton) and its answer is a constant."""
     if backend == "auto":
         if device.type == "cuda" and triton_unavailable_reason(device) is None:
             return "triton"

@@ -3,8 +3,15 @@
 ``--data`` is a folder with one subfolder per class, a CSV manifest (``path,label[,split]
 [,group]``) or the word ``synthetic`` (the embedded :class:`kdcore.data.SyntheticAudio`).
 ``--config FILE.yaml`` holds defaults whose keys mirror the long flags (``clip-seconds`` or
-``clip_seconds``); flags given on the command line win. Every run writes ``run.json`` in its
-output folder: the resolved configuration, the environment and the git commit.
+``clip_seconds``) and take the flag's type; flags given on the command line win.
+
+``train`` and ``distill`` never overwrite a run by accident: an ``--out`` that holds one is
+refused unless ``--resume`` (continue it, with the same settings) or ``--overwrite`` (replace
+it). Nothing is written to ``--out`` until the arguments, the data and the resume state are
+checked; then ``run.json`` (the resolved configuration, the environment and the git commit) is
+written atomically, and a resume appends its invocation to the record's ``resumes`` list.
+``--seed`` seeds everything before the model is built: the same command on the same machine
+and thread count gives bitwise-identical weights on the CPU (see docs/cli.md).
 User mistakes end with one ``kdcore: error: ...`` line on stderr and exit code 2
 (``KDCORE_DEBUG=1`` shows the traceback instead).
 """
@@ -15,18 +22,30 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from kdcore import defaults
+
 EXIT_USAGE = 2
 SYNTHETIC = "synthetic"
+# What marks a folder as holding a run, and what --overwrite removes (nothing else).
+RUN_MARKERS = ("run.json", "model.pt", "checkpoints", "metrics.jsonl")
+RUN_ARTEFACTS = (*RUN_MARKERS, "report.json", "confusion.png", "skipped.txt",
+                 "teacher_cache", "tensorboard")
+# Settings a resume may change: they do not change what is trained. ``epochs`` follows the
+# engine's policy for a longer run; every other setting must match the original run.
+RESUME_MAY_DIFFER = frozenset({"device", "no_progress", "config", "resume", "overwrite",
+                               "deterministic", "backend", "out", "epochs", "cache_dir",
+                               "teacher", "workers"})
 
 
 class CLIError(ValueError):
@@ -70,17 +89,49 @@ def environment(device: torch.device) -> dict:
     return info
 
 
+def _write_json_atomic(path: Path, value: object) -> None:
+    """``json.dumps(value)`` to ``path`` through a temporary file and ``os.replace``."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def _run_config(args: argparse.Namespace) -> dict:
+    """The resolved configuration of ``args`` as JSON values (no handler, no argv)."""
+    return _jsonable({key: value for key, value in vars(args).items()
+                      if key not in ("handler", "command", "argv")})
+
+
 def write_run_record(out: Path, command: str, args: argparse.Namespace,
                      device: torch.device) -> Path:
-    """``out/run.json``: the command, its resolved configuration, environment, git commit."""
-    config = {key: value for key, value in vars(args).items()
-              if key not in ("handler", "command")}
-    record = {"command": command, "config": _jsonable(config), "environment":
-              environment(device), "git_commit": git_commit(),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    """``out/run.json`` (written atomically): the command, its argv, resolved configuration,
+    environment, git commit and start time, and an empty ``resumes`` list."""
+    record = {"command": command, "argv": list(getattr(args, "argv", []) or []),
+              "config": _run_config(args), "environment": environment(device),
+              "git_commit": git_commit(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resumes": []}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "run.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    _write_json_atomic(path, record)
+    return path
+
+
+def append_resume_record(out: Path, args: argparse.Namespace, device: torch.device,
+                         record: dict) -> Path:
+    """Append this invocation (argv, the settings that differ from the original run, the
+    environment, start time) to ``record["resumes"]`` and write ``out/run.json`` atomically;
+    the original ``config`` is kept as it was."""
+    original = record.get("config", {})
+    current = _run_config(args)
+    changed = {key: {"was": original.get(key), "now": value} for key, value in current.items()
+               if key in original and original[key] != value}
+    entry = {"argv": list(getattr(args, "argv", []) or []), "changed": changed,
+             "environment": environment(device), "git_commit": git_commit(),
+             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    record = dict(record)
+    record["resumes"] = [*record.get("resumes", []), entry]
+    path = out / "run.json"
+    _write_json_atomic(path, record)
     return path
 
 
@@ -101,13 +152,18 @@ def _jsonable(value: object) -> object:
 
 @dataclass
 class Data:
-    """The chosen split of ``--data`` as datasets of :class:`kdcore.data.AudioExample`."""
+    """The splits of ``--data`` as datasets of :class:`kdcore.data.AudioExample`:
+    ``evaluation`` is the split a report scores (``--split``, default test), ``validation``
+    the per-epoch validation split (``val``; None when the data has none); training never
+    sees the test split."""
 
     class_names: list[str]
     train: torch.utils.data.Dataset | None
     evaluation: torch.utils.data.Dataset
     evaluation_split: str
     summary: str
+    validation: torch.utils.data.Dataset | None = None
+    skipped: list = field(default_factory=list)
 
 
 def _data_key(args: argparse.Namespace) -> dict:
@@ -116,6 +172,10 @@ def _data_key(args: argparse.Namespace) -> dict:
            "group_split": args.group_split, "skip_bad": args.skip_bad,
            "synthetic_size": args.synthetic_size, "sample_rate": args.sample_rate,
            "clip_seconds": args.clip_seconds}
+    if getattr(args, "val_fraction", 0.0):
+        key["val_fraction"] = args.val_fraction
+    if getattr(args, "allow_duplicates", False):
+        key["allow_duplicates"] = True
     if getattr(args, "unlabelled", None):
         key["unlabelled"] = str(args.unlabelled)
     return key
@@ -129,20 +189,28 @@ def load_data(args: argparse.Namespace, *, split: str = "test", need_train: bool
               deterministic_train: bool = False) -> Data:
     """Datasets of ``args.data``: the training split (random crops unless
     ``deterministic_train``), followed by the clips of ``args.unlabelled`` without labels when
-    given (:class:`kdcore.data.TransferSet`), and ``split`` (centre crops)."""
+    given (:class:`kdcore.data.TransferSet`), the ``val`` split and ``split`` (centre crops;
+    ``all`` is every file). Every file is decoded here, so bad audio surfaces before anything
+    is written."""
     data = _labelled_data(args, split=split, need_train=need_train,
                           deterministic_train=deterministic_train)
     if need_train and getattr(args, "unlabelled", None):
         from kdcore.data import AudioFileDataset, TransferSet, unlabelled_files
 
-        files, skipped = unlabelled_files(args.unlabelled, skip_bad=args.skip_bad)
+        files, skipped = unlabelled_files(args.unlabelled, skip_bad=args.skip_bad,
+                                          decode=args.skip_bad)
         unlabelled = AudioFileDataset(files, [0] * len(files), sample_rate=args.sample_rate,
                                       clip_samples=clip_samples(args),
                                       train=not deterministic_train, preload=True)
         data.train = TransferSet(data.train, unlabelled)
+        data.skipped += skipped
         data.summary += (f"; + {len(files)} unlabelled clips from {args.unlabelled} (KD term "
                          f"only{f', {len(skipped)} bad skipped' if skipped else ''})")
     return data
+
+
+def _split_counts(parts: dict[str, list[int]]) -> str:
+    return " / ".join(f"{len(parts.get(name, []))} {name}" for name in ("train", "val", "test"))
 
 
 def _labelled_data(args: argparse.Namespace, *, split: str, need_train: bool,
@@ -153,35 +221,60 @@ def _labelled_data(args: argparse.Namespace, *, split: str, need_train: bool,
         raise CLIError(f"--sample-rate must be at least 1000 Hz, got {args.sample_rate}")
     if not args.clip_seconds > 0:
         raise CLIError(f"--clip-seconds must be > 0, got {args.clip_seconds}")
+    val_fraction = getattr(args, "val_fraction", 0.0)
+    for flag, value in (("--test-fraction", args.test_fraction),
+                        ("--val-fraction", val_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise CLIError(f"{flag} must be in [0, 1), got {value}")
     samples = clip_samples(args)
     if str(args.data) == SYNTHETIC:
         sizes = {"train": args.synthetic_size, "val": max(16, args.synthetic_size // 4),
                  "test": max(16, args.synthetic_size // 4)}
-        if split not in sizes:
-            raise CLIError(f"--split for synthetic data must be one of {sorted(sizes)}, got "
-                           f"{split!r}")
         common = {"seed": args.seed, "sample_rate": args.sample_rate,
                   "duration": args.clip_seconds}
-        train = SyntheticAudio(sizes["train"], split="train", **common) if need_train else None
-        evaluation = SyntheticAudio(sizes[split], split=split, **common)
-        return Data(list(SyntheticAudio.classes), train, evaluation, split,
-                    f"SyntheticAudio: {sizes['train']} train / {sizes[split]} {split} clips, "
-                    f"{len(SyntheticAudio.classes)} classes")
-    source = load_source(args.data, skip_bad=args.skip_bad)
+        parts = {name: SyntheticAudio(size, split=name, **common) if name == split or
+                 (name == "train" and need_train) or (name == "val" and need_train) or
+                 split == "all" else None for name, size in sizes.items()}
+        evaluation = (torch.utils.data.ConcatDataset([parts[n] for n in sizes])
+                      if split == "all" else parts[split])
+        counts = " / ".join(f"{size} {name}" for name, size in sizes.items())
+        return Data(list(SyntheticAudio.classes), parts["train"] if need_train else None,
+                    evaluation, split,
+                    f"SyntheticAudio: {counts} clips, {len(SyntheticAudio.classes)} classes",
+                    validation=parts["val"] if need_train else None)
+    source = load_source(args.data, skip_bad=args.skip_bad, decode=args.skip_bad,
+                         allow_duplicates=getattr(args, "allow_duplicates", False))
     parts = source.split(group_column=args.group_split, test_fraction=args.test_fraction,
-                         seed=args.seed)
+                         val_fraction=val_fraction, seed=args.seed)
+    if split == "all":
+        parts = {**parts, "all": list(range(len(source.records)))}
     if split not in parts or not parts[split]:
         raise CLIError(f"--split {split!r} is empty or missing in {args.data} (splits: "
-                       f"{', '.join(sorted(k for k, v in parts.items() if v))})")
+                       f"{_split_counts(parts)})")
     if need_train and not parts.get("train"):
-        raise CLIError(f"{args.data} has no training items")
+        raise CLIError(f"{args.data} has no training items (splits: {_split_counts(parts)})")
     options = {"sample_rate": args.sample_rate, "clip_samples": samples, "preload": True}
     train = (source.dataset(parts["train"], train=not deterministic_train, **options)
              if need_train else None)
+    validation = (source.dataset(parts["val"], train=False, **options)
+                  if need_train and parts.get("val") else None)
     evaluation = source.dataset(parts[split], train=False, **options)
-    summary = (f"{source.summary()}; {len(parts.get('train', []))} train / "
-               f"{len(parts[split])} {split}")
-    return Data(list(source.classes), train, evaluation, split, summary)
+    how = ("split column" if args.group_split is None and source.has_split_column() else
+           f"group split by {args.group_split!r}, seed {args.seed}" if args.group_split else
+           f"stratified random split, seed {args.seed}")
+    line = f"{len(source.records)} files in {len(source.classes)} classes from {source.root}"
+    if source.skipped:
+        line += f"; skipped {len(source.skipped)} bad entries"
+    summary = f"{line}; {how}: {_split_counts(parts)}"
+    if need_train:
+        summary += ("; validating on val each epoch" if validation is not None else
+                    "; no val split (add 'val' rows or --val-fraction to validate each epoch)")
+    elif split == "all":
+        summary += f"; scoring all {len(parts['all'])} files"
+    elif how != "split column":
+        summary += f"; scoring the {split} split (--split all scores every file)"
+    return Data(list(source.classes), train, evaluation, split, summary, validation,
+                list(source.skipped))
 
 
 def parse_model_args(pairs: list[str] | None) -> dict:
@@ -236,10 +329,71 @@ def _loader(dataset, batch_size: int, shuffle: bool):
                       collate_fn=collate_audio)
 
 
+def available_devices() -> list[str]:
+    """The devices this machine offers: ``cpu``, then ``cuda:0`` ... and ``mps`` when present."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
 def _device(args: argparse.Namespace) -> torch.device:
-    if args.device is not None:
-        return torch.device(args.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``--device`` checked against this machine (a :class:`CLIError` naming the device and
+    what is available); default ``cuda`` when available, else ``cpu``."""
+    if getattr(args, "device", None) is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = str(args.device)
+    available = available_devices()
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device {text!r} is not a device name; available here: "
+                       f"{', '.join(available)}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {text}: no CUDA GPU is available here (torch "
+                           f"{torch.__version__}, CUDA {torch.version.cuda}); available here: "
+                           f"{', '.join(available)}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {text}: this machine has {torch.cuda.device_count()} "
+                           f"GPU(s); available here: {', '.join(available)}")
+    elif device.type == "mps" and "mps" not in available:
+        raise CLIError(f"--device {text}: MPS is not available here; available here: "
+                       f"{', '.join(available)}")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise CLIError(f"--device {text}: kdcore runs on cpu, cuda or mps; available here: "
+                       f"{', '.join(available)}")
+    return device
+
+
+def check_frontend(args: argparse.Namespace) -> None:
+    """The run's log-mel frontend must build and every mel band must cover an FFT bin (an
+    all-zero band is a constant feature, almost always a too small ``--n-fft``)."""
+    from kdcore.checkpoints import build_frontend
+    from kdcore.ops.log_mel import _tables
+
+    for flag in ("n_fft", "hop_length", "n_mels"):
+        value = getattr(args, flag)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            log_mel = build_frontend(frontend_config(args), "reference")
+    except (ValueError, TypeError) as error:
+        raise CLIError(f"the log-mel frontend (--n-fft {args.n_fft}, --hop-length "
+                       f"{args.hop_length}, --n-mels {args.n_mels}, --sample-rate "
+                       f"{args.sample_rate}) is invalid: {error}") from None
+    _, filterbank = _tables(log_mel.config.key(), torch.device("cpu"), torch.float64)
+    empty = (filterbank.amax(0) == 0).nonzero().flatten().tolist()
+    if empty:
+        shown = ", ".join(map(str, empty[:8])) + (" ..." if len(empty) > 8 else "")
+        raise CLIError(f"--n-fft {args.n_fft} gives {filterbank.shape[0]} frequency bins, too "
+                       f"few for --n-mels {args.n_mels}: {len(empty)} mel band(s) would be all "
+                       f"zero (band {shown}); raise --n-fft or lower --n-mels")
 
 
 @torch.no_grad()
@@ -273,29 +427,222 @@ def write_report(labels: torch.Tensor, predictions: torch.Tensor, class_names: l
     return report
 
 
-def _fit(teacher: nn.Module, student: nn.Module, data: Data, args: argparse.Namespace,
-         out: Path, *, alpha: float, temperature: float, augment: bool,
-         teacher_mode: str = "online", feature_pairs: list[tuple[str, str]] | None = None,
-         feature_weight: float = 0.0, cache_dir: Path | None = None) -> nn.Module:
-    """Train ``student`` with :class:`kdcore.Distiller`; returns the frontend used."""
+def make_distiller(teacher: nn.Module, student: nn.Module, args: argparse.Namespace, *,
+                   alpha: float, temperature: float, augment: bool,
+                   teacher_mode: str = "online",
+                   feature_pairs: list[tuple[str, str]] | None = None,
+                   feature_weight: float = 0.0, cache_dir: Path | None = None):
+    """The :class:`kdcore.Distiller` of a train/distill run (built, and so checked, before
+    anything is written to ``--out``)."""
     from kdcore import Distiller
 
-    device = _device(args)
     frontend = training_frontend(frontend_config(args), args, augment)
-    distiller = Distiller(teacher, student, frontend=frontend, temperature=temperature,
-                          alpha=alpha, lr=args.lr, schedule="onecycle", seed=args.seed,
-                          device=device, checkpoint_every=0, progress=not args.no_progress,
-                          teacher_mode=teacher_mode, feature_pairs=feature_pairs,
-                          feature_weight=feature_weight, cache_dir=cache_dir,
-                          loss_backend=args.backend, mixup=args.mixup)
+    return Distiller(teacher, student, frontend=frontend, temperature=temperature,
+                     alpha=alpha, lr=args.lr, schedule="onecycle", seed=args.seed,
+                     device=_device(args), checkpoint_every=0, progress=not args.no_progress,
+                     teacher_mode=teacher_mode, feature_pairs=feature_pairs,
+                     feature_weight=feature_weight, cache_dir=cache_dir,
+                     loss_backend=args.backend, mixup=args.mixup)
+
+
+def _fit(distiller, data: Data, args: argparse.Namespace, out: Path) -> None:
+    """``distiller.fit`` on the training split, validating on the ``val`` split (never on
+    test) when the data has one."""
     train_loader = _loader(data.train, args.batch_size, shuffle=True)
-    val_loader = _loader(data.evaluation, args.batch_size, shuffle=False)
+    val_loader = (_loader(data.validation, args.batch_size, shuffle=False)
+                  if data.validation is not None else None)
     history = distiller.fit(train_loader, val_loader, epochs=args.epochs, out_dir=out,
                             resume=args.resume)
     last = history.epochs[-1] if history.epochs else {}
     shown = {k: round(v, 4) for k, v in last.items() if isinstance(v, float)}
     print(f"last epoch: {shown}")
-    return frontend
+
+
+def check_training_args(args: argparse.Namespace) -> None:
+    """The numbers of a train/distill run, checked before anything is read or written."""
+    import math
+
+    if args.epochs < 1:
+        raise CLIError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise CLIError(f"--lr must be a positive number, got {args.lr}")
+
+
+def seed_run(args: argparse.Namespace) -> None:
+    """Seed Python, numpy and torch (every device) with ``--seed`` before anything random is
+    drawn (model init first); ``--deterministic`` also makes PyTorch use deterministic
+    algorithms (needed for bitwise repeats on a GPU)."""
+    import random
+
+    import numpy
+
+    if getattr(args, "deterministic", False):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    random.seed(args.seed)
+    numpy.random.seed(args.seed % 2**32)
+    torch.manual_seed(args.seed)
+
+
+# ------------------------------------------------------------------------------------------
+# Run folders: refuse, resume strictly, overwrite on purpose
+# ------------------------------------------------------------------------------------------
+
+# Distiller settings a resume may change (how the step runs, not what it computes).
+ENGINE_MAY_DIFFER = frozenset({"compile", "cuda_graphs"})
+
+
+@dataclass
+class RunPlan:
+    """What a train/distill command does with ``--out``: ``remove`` (artefacts of a run being
+    replaced), or ``state``/``record`` (the checkpoint and ``run.json`` it resumes)."""
+
+    out: Path
+    remove: list[str] = field(default_factory=list)
+    state: dict | None = None
+    record: dict | None = None
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / "checkpoints" / "last.pt"
+
+
+def plan_run(args: argparse.Namespace) -> RunPlan:
+    """Check ``--out`` against ``--resume``/``--overwrite`` and read the resume state; writes
+    nothing. An ``--out`` that holds a run is refused unless one of the two is given."""
+    out = Path(args.out)
+    if args.resume and args.overwrite:
+        raise CLIError("--resume continues the run in --out and --overwrite replaces it; "
+                       "pass only one of them")
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a folder")
+    found = [name for name in RUN_MARKERS if (out / name).exists()]
+    plan = RunPlan(out)
+    present = [name for name in RUN_ARTEFACTS if (out / name).exists()]
+    if args.overwrite:
+        plan.remove = present
+        return plan
+    if not args.resume:
+        if found:
+            raise CLIError(f"--out {out} already holds a run ({', '.join(found)}); pass "
+                           "--resume to continue it or --overwrite to replace it")
+        return plan
+    if not plan.checkpoint.is_file():
+        if (out / "model.pt").exists():
+            raise CLIError(f"--resume: {out} holds a finished model.pt but no checkpoint "
+                           f"{plan.checkpoint} to continue; pass --overwrite to train again")
+        print(f"--resume: no checkpoint {plan.checkpoint} yet; starting a fresh run",
+              flush=True)
+        plan.remove = present
+        return plan
+    try:
+        state = torch.load(plan.checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and unpickler errors: not a usable checkpoint
+        raise CLIError(f"--resume: {plan.checkpoint} is not a readable training checkpoint "
+                       f"({type(error).__name__}); pass --overwrite to start again") from None
+    if not isinstance(state, dict) or not isinstance(state.get("student"), dict):
+        raise CLIError(f"--resume: {plan.checkpoint} is not a kdcore training checkpoint")
+    plan.state = state
+    record_path = out / "run.json"
+    if record_path.is_file():
+        try:
+            plan.record = json.loads(record_path.read_text())
+        except (OSError, ValueError) as error:
+            raise CLIError(f"--resume: {record_path} is not readable JSON ({error})") from None
+    return plan
+
+
+def _shown(value: object) -> str:
+    return json.dumps(value) if not isinstance(value, str) else repr(value)
+
+
+def check_resume(plan: RunPlan, args: argparse.Namespace, model: nn.Module,
+                 distiller) -> None:
+    """A resume must keep every setting that defines the model, data or objective: refuse
+    with one line naming each differing key and both values (the original run's from its
+    ``run.json`` and checkpoint, and this command's)."""
+    if plan.state is None:
+        return
+    differ: dict[str, tuple[object, object]] = {}
+    if plan.record is not None:
+        original, current = plan.record.get("config", {}), _run_config(args)
+        for key in sorted(set(original) & set(current) - RESUME_MAY_DIFFER):
+            if original[key] != current[key]:
+                differ[key] = (original[key], current[key])
+    stored = plan.state.get("config", {})
+    for key, value in sorted(distiller.config.items()):
+        if (key not in ENGINE_MAY_DIFFER and key not in differ and key in stored
+                and _jsonable(stored[key]) != _jsonable(value)):
+            differ[key] = (stored[key], value)
+    if differ:
+        listed = "; ".join(f"{key}: {_shown(was)} in the run, {_shown(now)} now"
+                           for key, (was, now) in differ.items())
+        raise CLIError(f"--resume: {plan.out} was started with other settings ({listed}); "
+                       "resume with the original values, or pass --overwrite or another "
+                       "--out for a new run")
+    weights, expected = plan.state["student"], model.state_dict()
+    wrong = [key for key in expected if key not in weights
+             or tuple(weights[key].shape) != tuple(expected[key].shape)]
+    wrong += [key for key in weights if key not in expected]
+    if wrong:
+        key = wrong[0]
+        have = tuple(weights[key].shape) if key in weights else "absent"
+        want = tuple(expected[key].shape) if key in expected else "absent"
+        raise CLIError(f"--resume: the checkpoint {plan.checkpoint} holds weights of another "
+                       f"model ({len(wrong)} tensors differ, first {key}: {have} in the "
+                       f"checkpoint, {want} now); resume with the original --model, --width "
+                       "and --model-arg")
+    if plan.state.get("teacher_fingerprint") != distiller.teacher_fingerprint:
+        raise CLIError(f"--resume: {plan.out} was trained with another teacher (fingerprint "
+                       f"{str(plan.state.get('teacher_fingerprint'))[:12]}, this teacher "
+                       f"{distiller.teacher_fingerprint[:12]}); resume with the original "
+                       "--teacher")
+
+
+def start_run(plan: RunPlan, command: str, args: argparse.Namespace, data: Data) -> None:
+    """The first writes to ``--out``, after every check: remove a replaced run's artefacts,
+    write ``run.json`` (or append this resume to it) and ``skipped.txt``."""
+    out = plan.out
+    for name in plan.remove:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    if plan.remove and args.overwrite:
+        print(f"--overwrite: replaced the run in {out}", flush=True)
+    device = _device(args)
+    if plan.state is not None and plan.record is not None:
+        append_resume_record(out, args, device, plan.record)
+    else:
+        write_run_record(out, command, args, device)
+    write_skipped(out, data.skipped)
+
+
+def write_skipped(out: Path, skipped: list) -> None:
+    """``out/skipped.txt``: one ``where<TAB>reason`` line per entry ``--skip-bad`` left out
+    (named here once)."""
+    if not skipped:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "skipped.txt"
+    path.write_text("".join(f"{entry.where}\t{entry.reason}\n" for entry in skipped))
+    print(f"--skip-bad: skipped {len(skipped)} bad entries, listed in {path}", flush=True)
+
+
+def run_training(plan: RunPlan, distiller, data: Data, args: argparse.Namespace) -> None:
+    """:func:`_fit`; a fresh run that fails before its first checkpoint leaves no record."""
+    created = [plan.out / name for name in ("run.json", "metrics.jsonl", "skipped.txt")]
+    try:
+        _fit(distiller, data, args, plan.out)
+    except BaseException:
+        if plan.state is None and not plan.checkpoint.exists():
+            for path in created:
+                path.unlink(missing_ok=True)
+        raise
 
 
 def _finish_training(model: nn.Module, data: Data, args: argparse.Namespace, out: Path,
@@ -344,17 +691,23 @@ def command_demo(args: argparse.Namespace) -> int:
 def command_train(args: argparse.Namespace) -> int:
     _require(args, "data", "model", "out")
     _check_model_name(args.model)
-    out = Path(args.out)
-    write_run_record(out, "train", args, _device(args))
+    _device(args)
+    check_training_args(args)
+    check_frontend(args)
+    plan = plan_run(args)
     data = load_data(args)
     print(data.summary, flush=True)
+    seed_run(args)
     model = build_model(args.model, len(data.class_names), args)
-    print(f"{args.model}: {model.num_parameters():,} parameters", flush=True)
     from kdcore.demo import ConstantTeacher
 
-    _fit(ConstantTeacher(len(data.class_names)), model, data, args, out, alpha=0.0,
-         temperature=1.0, augment=not args.no_augment)
-    _finish_training(model, data, args, out, "model", {"command": "train"})
+    distiller = make_distiller(ConstantTeacher(len(data.class_names)), model, args, alpha=0.0,
+                               temperature=1.0, augment=not args.no_augment)
+    check_resume(plan, args, model, distiller)
+    start_run(plan, "train", args, data)
+    print(f"{args.model}: {model.num_parameters():,} parameters", flush=True)
+    run_training(plan, distiller, data, args)
+    _finish_training(model, data, args, plan.out, "model", {"command": "train"})
     return 0
 
 
@@ -437,37 +790,61 @@ def command_distill(args: argparse.Namespace) -> int:
     from kdcore.data import SyntheticAudio, load_source
 
     _check_model_name(args.student)
-    out = Path(args.out)
+    _device(args)
+    check_training_args(args)
+    plan = plan_run(args)
     paths = teacher_paths(args)  # before the data loads: a missing checkpoint fails fast
     classes = (list(SyntheticAudio.classes) if str(args.data) == SYNTHETIC
-               else load_source(args.data, skip_bad=args.skip_bad, check_audio=False).classes)
+               else load_source(args.data, skip_bad=args.skip_bad, check_audio=False,
+                                allow_duplicates=args.allow_duplicates).classes)
     teacher = _load_teacher(paths, args, classes)
-    write_run_record(out, "distill", args, _device(args))
+    check_frontend(args)
     cached = args.teacher_mode == "cached"
     data = load_data(args, deterministic_train=cached)
     print(data.summary, flush=True)
-    student = build_model(args.student, len(data.class_names), args)
     pairs = parse_feature_pairs(args.feature_pair)
     weight = args.feature_weight if args.feature_weight is not None else (1.0 if pairs else 0.0)
     cache_dir = Path(args.cache_dir) if args.cache_dir is not None else None
     if cached and cache_dir is not None:
         _check_cache_dir(cache_dir, args)
+    seed_run(args)
+    student = build_model(args.student, len(data.class_names), args)
+    distiller = make_distiller(teacher.model, student, args, alpha=args.alpha,
+                               temperature=args.temperature,
+                               augment=not (args.no_augment or cached),
+                               teacher_mode=args.teacher_mode, feature_pairs=pairs,
+                               feature_weight=weight, cache_dir=cache_dir)
+    check_resume(plan, args, student, distiller)
+    start_run(plan, "distill", args, data)
     print(f"teacher {teacher.model_name}: {teacher.model.num_parameters():,} parameters; "
           f"student {args.student}: {student.num_parameters():,} parameters", flush=True)
-    _fit(teacher.model, student, data, args, out, alpha=args.alpha,
-         temperature=args.temperature, augment=not (args.no_augment or cached),
-         teacher_mode=args.teacher_mode, feature_pairs=pairs, feature_weight=weight,
-         cache_dir=cache_dir)
-    _finish_training(student, data, args, out, "student",
+    run_training(plan, distiller, data, args)
+    _finish_training(student, data, args, plan.out, "student",
                      {"command": "distill", "teacher": ", ".join(paths),
                       "temperature": args.temperature, "alpha": args.alpha})
     return 0
+
+
+def _refuse_training_run(out: Path) -> None:
+    """An eval's ``--out`` must not be a train/distill run folder (its report and run.json
+    would be replaced)."""
+    record = out / "run.json"
+    if not record.is_file():
+        return
+    try:
+        command = json.loads(record.read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        command = None
+    if command != "eval":
+        raise CLIError(f"--out {out} holds a {command or 'kdcore'} run; evaluation would "
+                       "replace its report.json and run.json: pick another --out")
 
 
 def command_eval(args: argparse.Namespace) -> int:
     _require(args, "data", "model")
     from kdcore.checkpoints import load_model_checkpoint
 
+    device = _device(args)
     checkpoint = load_model_checkpoint(args.model)
     args.sample_rate = checkpoint.sample_rate
     args.clip_seconds = checkpoint.clip_samples / checkpoint.sample_rate
@@ -477,10 +854,12 @@ def command_eval(args: argparse.Namespace) -> int:
                        f"{checkpoint.class_names[:6]} but --data has {len(data.class_names)} "
                        f"classes {data.class_names[:6]}")
     out = Path(args.out) if args.out is not None else Path(args.model).parent / "eval"
-    write_run_record(out, "eval", args, _device(args))
+    _refuse_training_run(out)
+    write_run_record(out, "eval", args, device)
+    write_skipped(out, data.skipped)
     print(data.summary, flush=True)
     labels, predictions = predict(checkpoint.build_frontend(args.backend), checkpoint.model,
-                                  data.evaluation, args.batch_size, _device(args),
+                                  data.evaluation, args.batch_size, device,
                                   not args.no_progress)
     write_report(labels, predictions, data.class_names, out,
                  f"{checkpoint.model_name}: {args.split} split")
@@ -498,13 +877,15 @@ def command_cache_teacher(args: argparse.Namespace) -> int:
     from kdcore.engine.checkpoint import fingerprint
 
     out = Path(args.out)
+    device = _device(args)
     paths = teacher_paths(args)  # before the data loads: a missing checkpoint fails fast
     classes = (list(SyntheticAudio.classes) if str(args.data) == SYNTHETIC
-               else load_source(args.data, skip_bad=args.skip_bad, check_audio=False).classes)
+               else load_source(args.data, skip_bad=args.skip_bad, check_audio=False,
+                                allow_duplicates=args.allow_duplicates).classes)
     teacher = _load_teacher(paths, args, classes)
     data = load_data(args, deterministic_train=True)
     print(data.summary, flush=True)
-    device = _device(args)
+    write_skipped(out, data.skipped)
     frontend = training_frontend(frontend_config(args), args, augment=False)
     key = {"teacher": fingerprint(teacher.model), "frontend": fingerprint(frontend),
            "taps": [], "task": "multiclass"}
@@ -756,19 +1137,27 @@ def _add_data(parser: argparse.ArgumentParser, *, frontend: bool = True) -> None
     parser.add_argument("--data", help="class-per-folder directory, CSV manifest "
                         "(path,label[,split][,group]) or 'synthetic'")
     parser.add_argument("--skip-bad", action="store_true",
-                        help="skip unreadable/empty files and bad rows (counted, reported)")
+                        help="skip unreadable, empty, truncated or non-finite files and bad "
+                             "rows (counted, listed in OUT/skipped.txt)")
+    parser.add_argument("--allow-duplicates", action="store_true",
+                        help="a manifest may list a file twice (all copies in one split)")
     parser.add_argument("--group-split", metavar="COLUMN", default=None,
                         help="group-disjoint split by this manifest column (e.g. speaker)")
-    parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="test share of a random split (no split column)")
+    parser.add_argument("--val-fraction", type=float, default=0.0,
+                        help="val share of a random split, validated on each epoch")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the split, model init, data order, augmentation, mixup "
+                             "and dropout")
     parser.add_argument("--synthetic-size", type=int, default=2048,
                         help="training clips of --data synthetic (test: a quarter)")
-    parser.add_argument("--sample-rate", type=int, default=16000)
+    parser.add_argument("--sample-rate", type=int, default=defaults.SAMPLE_RATE)
     parser.add_argument("--clip-seconds", type=float, default=1.0)
     if frontend:
-        parser.add_argument("--n-mels", type=int, default=64)
-        parser.add_argument("--n-fft", type=int, default=512)
-        parser.add_argument("--hop-length", type=int, default=160)
+        parser.add_argument("--n-mels", type=int, default=defaults.N_MELS)
+        parser.add_argument("--n-fft", type=int, default=defaults.N_FFT)
+        parser.add_argument("--hop-length", type=int, default=defaults.HOP_LENGTH)
 
 
 def _add_unlabelled(parser: argparse.ArgumentParser) -> None:
@@ -780,7 +1169,7 @@ def _add_unlabelled(parser: argparse.ArgumentParser) -> None:
 
 def _add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=defaults.LR)
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--width", type=int, default=None, help="model width")
     parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
@@ -791,7 +1180,12 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
                         help="mixup with lam ~ Beta(A, A) on the training waveforms, labels "
                              "and teacher targets mixed alike (0 = off)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/checkpoints/last.pt")
+                        help="continue the run in --out from OUT/checkpoints/last.pt (same "
+                             "settings; starts fresh when there is no checkpoint yet)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="PyTorch deterministic algorithms (bitwise repeats on a GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -818,8 +1212,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="teacher checkpoint (model.pt of train); several make an "
                               "ensemble teacher (mean of their logits)")
     distill.add_argument("--student", help="student model name")
-    distill.add_argument("--temperature", type=float, default=2.0)
-    distill.add_argument("--alpha", type=float, default=0.9,
+    distill.add_argument("--temperature", type=float, default=defaults.TEMPERATURE)
+    distill.add_argument("--alpha", type=float, default=defaults.ALPHA,
                          help="weight of the KD term (1 - alpha on cross-entropy)")
     distill.add_argument("--teacher-mode", choices=("online", "cached"), default="online")
     distill.add_argument("--cache-dir", default=None,
@@ -837,7 +1231,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="classification report, JSON and confusion "
                                    "PNG of a checkpoint")
     evaluate.add_argument("--model", help="model checkpoint (model.pt)")
-    evaluate.add_argument("--split", default="test", help="train, val or test (default test)")
+    evaluate.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
+                          help="the split to score (default test); all: every file")
     evaluate.add_argument("--out", default=None, help="output folder (default: "
                           "next to the checkpoint, eval/)")
     _add_data(evaluate, frontend=False)
@@ -887,16 +1282,60 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
     if not isinstance(values, dict):
         raise CLIError(f"{path} must hold a mapping of flag names to values")
     subparser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
-    known = {action.dest for action in subparser._actions} - {"help", "config"}  # noqa: SLF001
-    defaults = {}
+    actions = {action.dest: action for action in subparser._actions  # noqa: SLF001
+               if action.dest not in ("help", "config")}
+    defaults_ = {}
     for key, value in values.items():
         dest = str(key).lstrip("-").replace("-", "_")
-        if dest not in known:
+        if dest not in actions:
             raise CLIError(f"{path}: unknown key {key!r} for `kdcore {args.command}` "
-                           f"(known: {', '.join(sorted(known))})")
-        defaults[dest] = value
-    subparser.set_defaults(**defaults)
+                           f"(known: {', '.join(sorted(actions))})")
+        defaults_[dest] = _typed_config_value(path, key, value, actions[dest])
+    subparser.set_defaults(**defaults_)
     return parser.parse_args(argv)
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _typed_config_value(path: Path, key: object, value: object,
+                        action: argparse.Action) -> object:
+    """``value`` of config key ``key`` checked against its flag: a switch takes a YAML
+    boolean (``true``/``false``, not the string ``"false"``), a number flag a number, a text
+    flag text, a repeatable or multi-value flag a list of text (or one text); choices hold."""
+    where = f"{path}: key {key!r}"
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):  # noqa: SLF001
+        if not isinstance(value, bool):
+            raise CLIError(f"{where} is a switch and takes true or false, got "
+                           f"{_type_name(value)} {value!r}")
+        return value
+    if value is None:
+        return None
+    many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")  # noqa: SLF001
+    if many:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if not isinstance(item, str):
+                raise CLIError(f"{where} takes text or a list of text, got "
+                               f"{_type_name(item)} {item!r}")
+        return items if isinstance(value, list) else (
+            [value] if isinstance(action, argparse._AppendAction) else value)  # noqa: SLF001
+    kind = action.type
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        expected = {int: "an integer", float: "a number"}.get(kind, "text")
+        raise CLIError(f"{where} takes {expected}, got {_type_name(value)} {value!r}")
+    if action.choices is not None and value not in action.choices:
+        raise CLIError(f"{where} must be one of {', '.join(map(str, action.choices))}, got "
+                       f"{value!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -908,6 +1347,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _apply_config(parser, argv)
+        args.argv = argv
         return int(args.handler(args) or 0)
     except (CLIError, FileNotFoundError, AudioReadError, ManifestError, CacheMismatchError,
             ValueError, TypeError) as error:

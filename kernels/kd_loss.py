@@ -5,7 +5,9 @@ One program per row. With ``a = student/T``, ``b = teacher/T``, ``lp_s = a - lse
 
 - kind 0 (kl):         ``KD = T^2 sum p_t (lp_t - lp_s)``; ``dKD/ds = T (p_s - p_t)``,
   ``dKD/dt = T p_t (lp_t - lp_s - KL)``.
-- kind 1 (reverse_kl): the same with student and teacher swapped.
+- kind 1 (reverse_kl): the same with student and teacher swapped, the student restricted to
+  the teacher's support (``a = -inf`` where ``b = -inf``): a finite loss, and zero gradient at
+  classes the teacher rules out.
 - kind 2 (jsd):        ``lm = log(beta p_t + (1-beta) p_s)``, ``g = (1-beta)(lp_s - lm)``,
   ``h = beta (lp_t - lm)``; ``KD = T^2 (sum p_t h + sum p_s g)``,
   ``dKD/ds = T p_s (g - sum p_s g)``, ``dKD/dt = T p_t (h - sum p_t h)``.
@@ -102,13 +104,18 @@ def _log_mixture(lp_t, lp_s, log_beta, log_rest):
 
 
 @triton.jit
-def _load_scaled(student_row, teacher_row, cols, n_read, temperature, ACC: tl.constexpr):
+def _load_scaled(student_row, teacher_row, cols, n_read, temperature, KIND: tl.constexpr,
+                 ACC: tl.constexpr):
     """One chunk of ``student``, ``student/T`` and ``teacher/T``; columns at or past ``n_read``
-    read as ``-inf`` without touching memory."""
+    read as ``-inf`` without touching memory. reverse_kl (KIND 1) restricts ``student/T`` to the
+    teacher's support (``-inf`` where the teacher is); ``student`` itself (for CE) is kept."""
     inside = cols < n_read
     s = tl.load(student_row + cols, mask=inside, other=NEG_INF).to(ACC)
     t = tl.load(teacher_row + cols, mask=inside, other=NEG_INF).to(ACC)
-    return s, s / temperature, t / temperature
+    a = s / temperature
+    if KIND == 1:
+        a = tl.where(t == NEG_INF, NEG_INF, a)
+    return s, a, t / temperature
 
 
 @triton.jit
@@ -163,7 +170,7 @@ def _kd_loss_kernel(
 
     if SINGLE:
         # ---- whole row in registers: one read ----
-        s, a, b = _load_scaled(student_row, teacher_row, cols0, n_read, temperature, ACC)
+        s, a, b = _load_scaled(student_row, teacher_row, cols0, n_read, temperature, KIND, ACC)
         max_a = tl.max(a, axis=0)
         max_b = tl.max(b, axis=0)
         e_a = tl.exp(_shifted(a, max_a))
@@ -224,7 +231,7 @@ def _kd_loss_kernel(
         kl_acc = zero
         for start in range(0, n_read, BLOCK):
             s, a, b = _load_scaled(student_row, teacher_row, start + cols0, n_read, temperature,
-                                   ACC)
+                                   KIND, ACC)
             prev_max_a = max_a
             prev_sum_a = sum_a
             prev_max_b = max_b
@@ -256,7 +263,7 @@ def _kd_loss_kernel(
             sum_h = zero
             for start in range(0, n_read, BLOCK):
                 s, a, b = _load_scaled(student_row, teacher_row, start + cols0, n_read,
-                                       temperature, ACC)
+                                       temperature, KIND, ACC)
                 lp_s = _log_softmax(a, max_a, log_sum_a)
                 lp_t = _log_softmax(b, max_b, log_sum_b)
                 lm = _log_mixture(lp_t, lp_s, log_beta, log_rest)
@@ -270,7 +277,8 @@ def _kd_loss_kernel(
         if STUDENT_GRAD or TEACHER_GRAD:
             for start in range(0, n_cols, BLOCK):
                 cols = start + cols0
-                s, a, b = _load_scaled(student_row, teacher_row, cols, n_read, temperature, ACC)
+                s, a, b = _load_scaled(student_row, teacher_row, cols, n_read, temperature,
+                                       KIND, ACC)
                 lp_s = _log_softmax(a, max_a, log_sum_a)
                 lp_t = _log_softmax(b, max_b, log_sum_b)
                 p_s = tl.exp(lp_s)
@@ -374,7 +382,9 @@ def kd_loss_forward(student: torch.Tensor, teacher: torch.Tensor, labels: torch.
             n_cols, student.stride(0), teacher.stride(0),
             *split_float(float(temperature)), *split_float(float(beta)),
             *split_float(kd_weight), *split_float(1.0 - kd_weight if has_ce else 0.0),
-            KIND=int(kind), HAS_CE=has_ce, CE_SEPARATE=has_ce and float(temperature) != 1.0,
+            KIND=int(kind), HAS_CE=has_ce,
+            # reverse_kl's restricted student/T cannot serve the CE term, even at T = 1
+            CE_SEPARATE=has_ce and (float(temperature) != 1.0 or int(kind) == 1),
             HAS_VALID=valid is not None, HAS_SCALE=grad_scale is not None,
             STUDENT_GRAD=bool(student_grad), TEACHER_GRAD=bool(teacher_grad),
             SINGLE=single, BLOCK=block, ACC=acc_dtype, num_warps=num_warps,

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET
+from ._common import INTERPRET
 
 BLOCK_F = 32
 BLOCK_K = 32

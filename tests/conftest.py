@@ -14,6 +14,18 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+try:
+    from hypothesis import settings
+except ImportError:  # the test extra installs it; without it the fuzz tests fail to import
+    settings = None
+if settings is not None:
+    # Hypothesis fuzzing is reproducible: the "ci" profile derandomizes (the examples follow
+    # from each test's source, so a failure on CI fails again on every rerun). It is loaded
+    # by default, so with CI set too; HYPOTHESIS_PROFILE=dev draws new examples each run.
+    settings.register_profile("ci", derandomize=True, print_blob=True)
+    settings.register_profile("dev", derandomize=False)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
 

@@ -39,7 +39,12 @@ def kd_loss64(student, teacher, *, temperature=1.0, kind="kl", beta=0.5, labels=
     s = np.where(valid[:, None], s, 0.0)
     t = np.where(valid[:, None], t, 0.0)
 
-    lps = _log_softmax(s / temperature)
+    if kind == "reverse_kl":
+        # Convention: the student's softmax is taken over the teacher's support only.
+        s_kd = np.where(np.isneginf(t), -np.inf, s)
+    else:
+        s_kd = s
+    lps = _log_softmax(s_kd / temperature)
     lpt = _log_softmax(t / temperature)
     ps, pt = np.exp(lps), np.exp(lpt)
     with np.errstate(invalid="ignore"):

@@ -83,3 +83,40 @@ def test_builds_with_other_flags_get_their_own_directory(monkeypatch):
     portable = _backends.cpp_build_directory()
     assert native.parent == portable.parent and native.name != portable.name
     assert native.name.startswith(_backends.CPP_LIBRARY + "_")
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_top_level_source_folders_do_not_shadow_installed_packages(tmp_path):
+    """With the repository root first on sys.path (pytest's rootdir, ``python -m`` from the
+    root), ``import kernels`` finds an installed ``kernels`` package, not kdcore's folder, and
+    kdcore still imports its Triton launchers and C++ sources."""
+    site_dir = tmp_path / "site"
+    package = site_dir / "kernels"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("ORIGIN = 'dummy-kernels'\n")
+    (site_dir / "csrc.py").write_text("ORIGIN = 'dummy-csrc'\n")
+    code = (
+        "import site, sys\n"
+        f"sys.path.insert(0, {REPO_ROOT!r})\n"
+        f"site.addsitedir({str(site_dir)!r})\n"
+        "assert sys.path[0] == " + repr(REPO_ROOT) + "\n"
+        "import kernels, csrc\n"
+        "print(kernels.ORIGIN, csrc.ORIGIN)\n"
+        "import kdcore, kdcore.kernels.launchers as launchers\n"
+        "from kdcore._backends import _csrc_dir\n"
+        "print(launchers.__name__, sorted(p.name for p in _csrc_dir().glob('*.cpp'))[0])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0] == "dummy-kernels dummy-csrc"
+    assert lines[1] == "kdcore.kernels.launchers feature_loss.cpp"
+
+
+def test_source_folders_are_not_regular_packages():
+    """A regular package (with ``__init__.py``) at the root would win over any installed one."""
+    for folder in ("kernels", "csrc"):
+        assert not os.path.exists(os.path.join(REPO_ROOT, folder, "__init__.py")), folder

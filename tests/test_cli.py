@@ -271,7 +271,9 @@ def test_data_flags_pass_through(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert "broken.wav" in capsys.readouterr().err
     args = cli.build_parser().parse_args([*argv, "--skip-bad"])
     data = cli.load_data(args)
-    assert "skipped 1" in data.summary and "broken.wav" in data.summary
+    assert "skipped 1" in data.summary
+    assert [Path(entry.where.split(" ")[0].rsplit(":", 1)[0]).name for entry in data.skipped]\
+        == ["data.csv"] and "broken.wav" in data.skipped[0].where
     speakers = {int(p.name[1]) % 3 for p in data.train.paths}
     test_speakers = {int(p.name[1]) % 3 for p in data.evaluation.paths}
     assert speakers and test_speakers and not speakers & test_speakers
@@ -429,3 +431,391 @@ def test_unlabelled_clips_join_distillation_and_the_teacher_cache(workspace: Pat
         expected = teacher.model(teacher.build_frontend("reference").eval()(
             torch.tensor(np.stack(crops), dtype=torch.float32)))
     np.testing.assert_allclose(stored[18:], expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------
+# Runs users can trust, on tiny real FSDD clips (skipped when ../shared is absent)
+# ------------------------------------------------------------------------------------------
+
+from tests.conftest import SHARED  # noqa: E402
+
+FSDD = Path(SHARED) / "data" / "fsdd"
+TINY = ["--sample-rate", "8000", "--clip-seconds", "0.5", "--n-mels", "16", "--n-fft", "128",
+        "--hop-length", "64", "--batch-size", "8", "--backend", "reference", "--no-progress"]
+TIME_KEYS = ("samples_per_s", "time_s")
+
+
+def _fsdd_rows(digits: tuple[str, ...] = ("0", "1", "2"), takes: int = 4) -> list[dict]:
+    """FSDD rows of ``digits`` by george and jackson, takes 0..takes-1 (absolute paths)."""
+    import csv
+
+    if not (FSDD / "manifest.csv").is_file():
+        pytest.skip(f"FSDD clips are not available at {FSDD}")
+    with open(FSDD / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = [row for row in rows if row["label"] in digits
+              and row["speaker"] in ("george", "jackson")
+              and int(Path(row["path"]).stem.split("_")[-1]) < takes]
+    for row in chosen:
+        row["path"] = str(FSDD / row["path"])
+    return chosen
+
+
+def _write_manifest(path: Path, rows: list[dict], columns: tuple[str, ...]) -> Path:
+    lines = [",".join(columns)] + [",".join(row[c] for c in columns) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fsdd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with ``tiny.csv``: 24 FSDD clips (3 digits x 2 speakers x 4 takes); take 3 of
+    each is ``test``, the rest ``train``."""
+    root = tmp_path_factory.mktemp("fsdd")
+    rows = _fsdd_rows()
+    for row in rows:
+        row["split"] = "test" if row["path"].endswith("_3.wav") else "train"
+    _write_manifest(root / "tiny.csv", rows, ("path", "label", "speaker", "split"))
+    return root
+
+
+def _main(argv: list[str], cwd: Path, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """``cli.main(argv)`` in ``cwd``: (exit code, stdout, stderr)."""
+    current = Path.cwd()
+    os.chdir(cwd)
+    try:
+        capsys.readouterr()
+        code = cli.main(argv)
+    finally:
+        os.chdir(current)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _error_line(code: int, err: str) -> str:
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kdcore: error: "), err
+    return lines[0]
+
+
+def _train(out: str, *extra: str, data: str = "tiny.csv") -> list[str]:
+    return ["train", "--data", data, "--model", "student_dscnn", "--width", "4", "--epochs",
+            "1", "--out", out, *TINY, *extra]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_run_folder_is_never_overwritten(fsdd: Path, capsys: pytest.CaptureFixture) -> None:
+    """A second train into a run refuses naming the folder and changes no byte of it; refused
+    and failed commands write nothing; --overwrite replaces; --resume appends to run.json."""
+    code, _, err = _main(_train("run"), fsdd, capsys)
+    assert code == 0, err
+    run = fsdd / "run"
+    before = _snapshot(run)
+    assert {"model.pt", "run.json", "metrics.jsonl", "report.json",
+            "checkpoints/last.pt"} <= set(before)
+    record = json.loads(before["run.json"])
+    assert record["resumes"] == [] and record["argv"] == _train("run")
+
+    line = _error_line(*_main(_train("run", "--seed", "1"), fsdd, capsys)[::2])
+    assert "run" in line and "--resume" in line and "--overwrite" in line
+    for refused in (_train("run", "--epochs", "0"), _train("run", "--resume", "--epochs", "0"),
+                    _train("run", "--resume", "--lr", "0.01"),
+                    _train("run", "--resume", "--overwrite")):
+        _error_line(*_main(refused, fsdd, capsys)[::2])
+        assert _snapshot(run) == before, refused
+
+    # A command that fails on its data leaves no folder at all.
+    bad = _write_manifest(fsdd / "bad_split.csv", [dict(r, split="tarin") for r in
+                                                   _fsdd_rows(takes=1)],
+                          ("path", "label", "split"))
+    _error_line(*_main(_train("failed", data=bad.name), fsdd, capsys)[::2])
+    assert not (fsdd / "failed").exists()
+
+    code, _, err = _main(_train("run", "--resume", "--device", "cpu"), fsdd, capsys)
+    assert code == 0, err
+    resumed = json.loads((run / "run.json").read_text())
+    assert resumed["config"] == record["config"] and resumed["started"] == record["started"]
+    assert [entry["argv"] for entry in resumed["resumes"]] == [
+        _train("run", "--resume", "--device", "cpu")]
+    assert resumed["resumes"][0]["changed"]["device"] == {"was": None, "now": "cpu"}
+
+    code, out, err = _main(_train("run", "--overwrite", "--seed", "1"), fsdd, capsys)
+    assert code == 0, err and "--overwrite: replaced" in out
+    replaced = json.loads((run / "run.json").read_text())
+    assert replaced["config"]["seed"] == 1 and replaced["resumes"] == []
+    assert (run / "model.pt").read_bytes() != before["model.pt"]
+
+
+def test_resume_is_strict(fsdd: Path, capsys: pytest.CaptureFixture) -> None:
+    """A resume that changes what is trained names each differing key with both values in one
+    line (no 'size mismatch' dump); --resume without a checkpoint says it starts fresh."""
+    code, out, err = _main(_train("strict", "--resume"), fsdd, capsys)
+    assert code == 0, err
+    assert "no checkpoint" in out and "starting a fresh run" in out
+    cases = [
+        (["--lr", "0.01"], ["lr: 0.003 in the run, 0.01 now"]),
+        (["--width", "8"], ["width: 4 in the run, 8 now"]),
+        (["--model", "teacher_cnn"], ["model: 'student_dscnn' in the run, 'teacher_cnn' now"]),
+        (["--batch-size", "4", "--mixup", "0.2"],
+         ["batch_size: 8 in the run, 4 now", "mixup: 0.0 in the run, 0.2 now"]),
+        (["--n-mels", "12"], ["n_mels: 16 in the run, 12 now"]),
+        (["--sample-rate", "4000"], ["sample_rate: 8000 in the run, 4000 now"]),
+    ]
+    for extra, expected in cases:
+        argv = _train("strict", "--resume")
+        for flag, value in zip(extra[::2], extra[1::2], strict=True):
+            if flag in argv:
+                argv[argv.index(flag) + 1] = value
+            else:
+                argv += [flag, value]
+        line = _error_line(*_main(argv, fsdd, capsys)[::2])
+        assert "size mismatch" not in line
+        for text in expected:
+            assert text in line, (extra, line)
+    # Settings that do not change results may differ.
+    code, _, err = _main([*_train("strict", "--resume"), "--device", "cpu"], fsdd, capsys)
+    assert code == 0, err
+
+
+def test_seed_reproduces_bitwise_in_two_processes(fsdd: Path) -> None:
+    """The same command twice (1 thread, augmentation, mixup and dropout on) gives equal
+    tensors in model.pt and equal metrics; another seed gives other weights."""
+    environment = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
+                       MKL_NUM_THREADS="1")
+    argv = _train("seed_a", "--epochs", "2", "--mixup", "0.3", "--model-arg", "dropout=0.3",
+                  "--seed", "7")
+    results = []
+    for out in ("seed_a", "seed_b"):
+        command = [out if arg == "seed_a" else arg for arg in argv]
+        result = subprocess.run([sys.executable, "-m", "kdcore", *command], cwd=fsdd,
+                                capture_output=True, text=True, timeout=300, env=environment)
+        assert result.returncode == 0, result.stderr
+        state = torch.load(fsdd / out / "model.pt", weights_only=True)["state_dict"]
+        metrics = [{k: v for k, v in json.loads(line).items() if k not in TIME_KEYS}
+                   for line in (fsdd / out / "metrics.jsonl").read_text().splitlines()]
+        results.append((state, metrics, json.loads((fsdd / out / "report.json").read_text())))
+    (first, metrics_a, report_a), (second, metrics_b, report_b) = results
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert metrics_a == metrics_b and len(metrics_a) == 2
+    assert report_a == report_b
+    torch.manual_seed(0)
+    other = cli.build_model("student_dscnn", 3, cli.build_parser().parse_args(
+        _train("x", "--model-arg", "dropout=0.3")))
+    assert any(not torch.equal(first[k], v) for k, v in other.state_dict().items()
+               if v.is_floating_point() and v.numel() > 1)
+
+
+def test_manifest_is_validated_like_a_schema(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """Split values train/val/test (validation/valid/dev alias val), other values and a
+    partly filled column are errors naming lines and values; a duplicate path names both
+    lines unless --allow-duplicates, which keeps every copy in one split; val rows are
+    validated on each epoch and the summary counts every split."""
+    from kdcore.data import ManifestError, load_source
+
+    rows = _fsdd_rows(takes=4)
+    columns = ("path", "label", "split")
+    values = ["train", "dev", "validation", "test"]
+    for row in rows:
+        row["split"] = values[int(Path(row["path"]).stem.split("_")[-1])]
+    source = load_source(_write_manifest(tmp_path / "ok.csv", rows, columns))
+    parts = source.split()
+    assert {name: len(v) for name, v in parts.items()} == {"train": 6, "val": 12, "test": 6}
+
+    partly = [dict(row) for row in rows]
+    partly[4]["split"] = ""
+    with pytest.raises(ManifestError, match=r"empty on 1 of 24 rows \(line 6\)"):
+        load_source(_write_manifest(tmp_path / "partly.csv", partly, columns), skip_bad=True)
+    typo = [dict(row) for row in rows]
+    typo[2]["split"] = typo[9]["split"] = "tarin"
+    with pytest.raises(ManifestError, match=r"'tarin' on line 4, 11"):
+        load_source(_write_manifest(tmp_path / "typo.csv", typo, columns))
+
+    twice = [dict(row, split="") for row in rows] * 2
+    manifest = _write_manifest(tmp_path / "twice.csv", twice, ("path", "label"))
+    with pytest.raises(ManifestError, match=r"listed twice, on lines 2 and 26"):
+        load_source(manifest)
+    doubled = load_source(manifest, allow_duplicates=True)
+    for seed in range(3):
+        split_of = {}
+        for name, indices in doubled.split(test_fraction=0.25, seed=seed).items():
+            for index in indices:
+                assert split_of.setdefault(doubled.records[index].path, name) == name
+        assert len(split_of) == 24
+
+    code, out, err = _main(_train("val_run", data="ok.csv"), tmp_path, capsys)
+    assert code == 0, err
+    assert "6 train / 12 val / 6 test" in out and "validating on val" in out
+    epochs = [json.loads(line) for line in
+              (tmp_path / "val_run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(key.startswith("val_") for key in epochs[-1]), epochs[-1]
+    report = json.loads((tmp_path / "val_run" / "report.json").read_text())
+    assert int(np.sum(report["confusion"])) == 6  # the final report scores test, not val
+
+    line = _error_line(*_main(_train("dup_run", data="twice.csv"), tmp_path, capsys)[::2])
+    assert "lines 2 and 26" in line and not (tmp_path / "dup_run").exists()
+
+
+def test_config_values_are_typed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """YAML keys take the flag's type: a string for a switch, text for a number, a float for
+    an integer are errors naming the key."""
+    config = tmp_path / "run.yaml"
+    parser = cli.build_parser()
+    for text, key in [('skip_bad: "false"', "skip_bad"), ("no_augment: 'no'", "no_augment"),
+                      ('no-augment: "0"', "no-augment"), ("epochs: '3'", "epochs"),
+                      ("epochs: 2.5", "epochs"), ("skip_bad: 0", "skip_bad"),
+                      ("lr: fast", "lr"), ("backend: gpu", "backend"), ("model: 3", "model")]:
+        config.write_text(f"data: synthetic\n{text}\n")
+        with pytest.raises(cli.CLIError, match=f"key '{key}'"):
+            cli._apply_config(parser, ["train", "--config", str(config)])
+        line = _error_line(*_main(["train", "--config", str(config)], tmp_path, capsys)[::2])
+        assert key in line
+    config.write_text("data: synthetic\nskip_bad: false\nno_augment: true\nlr: 1\n"
+                      "model_arg: dropout=0.1\n")
+    args = cli._apply_config(parser, ["train", "--config", str(config)])
+    assert (args.skip_bad, args.no_augment, args.lr, args.model_arg) == (
+        False, True, 1.0, ["dropout=0.1"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a CPU-only machine")
+def test_device_mistakes_are_one_line_errors(fsdd: Path, capsys: pytest.CaptureFixture) -> None:
+    for device in ("cuda", "cuda:1", "gpu"):
+        line = _error_line(*_main(_train("dev", "--device", device), fsdd, capsys)[::2])
+        assert f"--device {device}" in line.replace("'", "") and "available here: cpu" in line
+    assert not (fsdd / "dev").exists()
+    result = run_kdcore("eval", "--data", "tiny.csv", "--model", "none.pt", "--device", "gpu",
+                        cwd=fsdd)
+    assert "gpu" in _one_line_error(result)
+
+
+def test_bad_audio_is_named_or_skipped_and_listed(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """A truncated WAV is an error naming the file and both lengths; --skip-bad skips it and
+    an all-NaN file, lists both in OUT/skipped.txt and names that file once; --n-fft 7 (all-
+    zero mel bands) is an error."""
+    rows = _fsdd_rows(takes=2)
+    for row in rows:
+        target = tmp_path / "data" / row["label"] / Path(row["path"]).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(Path(row["path"]).read_bytes())
+    nan = tmp_path / "data" / "0" / "nan.wav"
+    soundfile.write(nan, np.full(4000, np.nan, dtype=np.float32), 8000, subtype="FLOAT")
+    whole = tmp_path / "whole.wav"
+    soundfile.write(whole, 0.1 * np.ones(8000, dtype=np.float32), 8000, subtype="PCM_16")
+    truncated = tmp_path / "data" / "1" / "truncated.wav"
+    truncated.write_bytes(whole.read_bytes()[:44 + 2 * 1500])
+    assert soundfile.info(truncated).frames == 1500  # libsndfile alone does not notice
+
+    line = _error_line(*_main(_train("bad", data="data"), tmp_path, capsys)[::2])
+    assert "truncated.wav" in line and "8000" in line and "1500" in line
+    assert not (tmp_path / "bad").exists()
+    code, out, err = _main(_train("bad", "--skip-bad", data="data"), tmp_path, capsys)
+    assert code == 0, err
+    listed = (tmp_path / "bad" / "skipped.txt").read_text().splitlines()
+    assert sorted(Path(entry.split("\t")[0]).name for entry in listed) == [
+        "nan.wav", "truncated.wav"]
+    assert "NaN" in "".join(listed) and "8000" in "".join(listed)
+    assert out.count("skipped.txt") == 1 and "truncated.wav" not in out
+
+    line = _error_line(*_main(_train("nfft", "--n-fft", "7", data="data"), tmp_path,
+                              capsys)[::2])
+    assert "--n-fft 7" in line and "all zero" in line and not (tmp_path / "nfft").exists()
+
+
+def test_eval_split_all_scores_every_file(fsdd: Path, capsys: pytest.CaptureFixture) -> None:
+    """eval --split {test,val,train,all}: on a held-out folder without a split column, the
+    default scores a random test split and ``all`` scores every file."""
+    if not (fsdd / "run" / "model.pt").is_file():
+        assert _main(_train("run_eval"), fsdd, capsys)[0] == 0
+    model = fsdd / ("run" if (fsdd / "run" / "model.pt").is_file() else "run_eval") / "model.pt"
+    held_out = fsdd / "held_out"
+    for row in _fsdd_rows(takes=2):
+        target = held_out / row["label"] / Path(row["path"]).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(Path(row["path"]).read_bytes())
+    supports = {}
+    for split in ("all", "test"):
+        code, out, err = _main(["eval", "--data", "held_out", "--model", str(model), "--split",
+                                split, "--out", f"eval_{split}", "--no-progress", "--backend",
+                                "reference"], fsdd, capsys)
+        assert code == 0, err
+        report = json.loads((fsdd / f"eval_{split}" / "report.json").read_text())
+        supports[split] = int(np.sum(report["confusion"]))
+    assert supports["all"] == 12 and supports["test"] < 12
+    _error_line(*_main(["eval", "--data", "held_out", "--model", str(model), "--split", "val",
+                        "--out", "eval_val"], fsdd, capsys)[::2])
+    run = model.parent
+    before = _snapshot(run)
+    line = _error_line(*_main(["eval", "--data", "held_out", "--model", str(model), "--split",
+                               "all", "--out", str(run)], fsdd, capsys)[::2])
+    assert str(run) in line and _snapshot(run) == before
+
+
+class _Payload:
+    """Unpickling this calls ``open(path, "w")``: the file appears only if the pickle runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_payload_is_refused_without_running(fsdd: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """A model.pt or a checkpoint carrying a pickle payload is refused (one line) and the
+    payload never runs; the same payload does run under a plain unpickler."""
+    import pickle
+
+    control = tmp_path / "control_marker"
+    pickle.loads(pickle.dumps({"format": "kdcore-model", "x": _Payload(control)}))
+    assert control.exists()  # the payload is real
+
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "kdcore-model", "model": "student_dscnn", "x": _Payload(marker)},
+               evil)
+    line = _error_line(*_main(["eval", "--data", "tiny.csv", "--model", str(evil)], fsdd,
+                              capsys)[::2])
+    assert "evil.pt" in line
+    line = _error_line(*_main(["distill", "--data", "tiny.csv", "--teacher", str(evil),
+                               "--student", "student_dscnn", "--out", str(tmp_path / "d"),
+                               *TINY], fsdd, capsys)[::2])
+    assert "evil.pt" in line
+    resume = tmp_path / "resume"
+    (resume / "checkpoints").mkdir(parents=True)
+    (resume / "checkpoints" / "last.pt").write_bytes(evil.read_bytes())
+    line = _error_line(*_main(_train(str(resume), "--resume"), fsdd, capsys)[::2])
+    assert "last.pt" in line
+    assert not marker.exists()
+
+
+def test_distill_resume_names_objective_changes(fsdd: Path, capsys: pytest.CaptureFixture
+                                                ) -> None:
+    """distill: a resume with another temperature, alpha or teacher is refused in one line
+    naming each; the run's files stay as they were."""
+    code, _, err = _main(_train("kd_teacher", "--seed", "3"), fsdd, capsys)
+    assert code == 0, err
+    code, _, err = _main(_train("kd_other", "--seed", "4"), fsdd, capsys)
+    assert code == 0, err
+    distill = ["distill", "--data", "tiny.csv", "--teacher", "kd_teacher/model.pt",
+               "--student", "student_dscnn", "--width", "4", "--epochs", "1", "--out", "kd",
+               *TINY]
+    code, _, err = _main(distill, fsdd, capsys)
+    assert code == 0, err
+    before = _snapshot(fsdd / "kd")
+    line = _error_line(*_main([*distill, "--resume", "--temperature", "4", "--alpha", "0.5"],
+                              fsdd, capsys)[::2])
+    assert "temperature: 2.0 in the run, 4.0 now" in line
+    assert "alpha: 0.9 in the run, 0.5 now" in line
+    other = [arg if arg != "kd_teacher/model.pt" else "kd_other/model.pt" for arg in distill]
+    line = _error_line(*_main([*other, "--resume"], fsdd, capsys)[::2])
+    assert "another teacher" in line
+    assert _snapshot(fsdd / "kd") == before

@@ -19,6 +19,7 @@ from kdcore.data import (
     collate_audio,
     group_split,
     load_source,
+    probe_audio,
     random_crop,
     read_audio,
     split_from_column,
@@ -188,7 +189,7 @@ def test_bad_files_raise_naming_file_or_are_skipped_and_counted(tmp_path):
     rows = [{"path": p.name, "label": "a"} for p in good]
     rows += [{"path": "corrupt.wav", "label": "a"}, {"path": "empty.flac", "label": "b"},
              {"path": "silent.wav", "label": "b"}, {"path": "missing.ogg", "label": "b"},
-             {"path": "good0.wav", "label": ""}]
+             {"path": "unlabelled.wav", "label": ""}]
     manifest = _manifest(tmp_path, rows)
 
     with pytest.raises(AudioReadError, match="corrupt.wav"):
@@ -253,3 +254,34 @@ def test_group_split_is_group_disjoint():
         group_split(groups, test_groups=["nobody"])
     with pytest.raises(ValueError, match="no group for training"):
         group_split(["a", "b"], test_groups=["a"], val_groups=["b"])
+
+
+def test_split_values_are_strict_and_aliases_map_to_val():
+    from kdcore.data.splits import normalize_split
+
+    assert [normalize_split(v) for v in ("train", " Val ", "validation", "valid", "DEV",
+                                         "test")] == ["train", "val", "val", "val", "val",
+                                                      "test"]
+    assert normalize_split("tarin") is None and normalize_split("eval") is None
+    assert split_from_column(["train", "dev", "test", "valid"]) == {
+        "train": [0], "val": [1, 3], "test": [2]}
+    with pytest.raises(ValueError, match="row 1 has split value 'tarin'"):
+        split_from_column(["train", "tarin"])
+
+
+def test_truncated_wav_is_found_from_its_header(tmp_path):
+    """libsndfile reads a WAV cut short as a short clip; probe_audio and read_audio compare
+    the header's data size with the bytes present and name both lengths."""
+    from kdcore.data.audio import wav_declared_frames
+
+    whole = _write(tmp_path / "whole.wav", _sine(440.0, 8000, 1.0))
+    assert wav_declared_frames(whole) == (8000, 8000)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[:len(data) - 2 * 6500])
+    declared, present = wav_declared_frames(cut)
+    assert (declared, present) == (8000, 1500)
+    for reader in (probe_audio, read_audio):
+        with pytest.raises(AudioReadError, match=r"cut\.wav.*declares 8000 frames, 1500"):
+            reader(cut)
+    assert wav_declared_frames(_write(tmp_path / "x.flac", _sine(440.0, 8000, 0.1))) is None

@@ -63,12 +63,26 @@ def test_synthetic_speakers_are_balanced_and_split_disjoint():
 
 
 def test_synthetic_speaker_fixes_the_vowel_formants():
+    """Properties, not the formula: a speaker's formants are fixed (same on every call); with
+    a neutral accent every formant of every vowel scales by the same factor, the tract
+    length; one accent entry moves exactly one formant of one vowel; drawn speakers stay
+    within the documented tract (8 %) and accent (5 %) ranges."""
     rng = np.random.default_rng(0)
     speaker = Speaker.draw(rng, 16000)
-    for row, (vowel, formants) in enumerate(VOWELS.items()):
-        expected = np.asarray(formants) * speaker.tract * speaker.accent[row]
-        assert np.allclose(speaker.formants(vowel), expected)
-        assert np.all(np.abs(expected / np.asarray(formants) - 1) <= 0.08 + 0.05 + 0.01)
+    for vowel in VOWELS:
+        assert np.array_equal(speaker.formants(vowel), speaker.formants(vowel))
+        ratio = speaker.formants(vowel) / np.asarray(VOWELS[vowel], dtype=float)
+        assert np.all(np.abs(ratio - 1) <= 0.08 + 0.05 + 0.01)
+    neutral = Speaker(**{**speaker.__dict__, "tract": 1.1, "accent": np.ones((len(VOWELS), 3))})
+    ratios = np.stack([neutral.formants(v) / np.asarray(VOWELS[v], dtype=float) for v in VOWELS])
+    np.testing.assert_allclose(ratios, 1.1, rtol=1e-12)
+    accent = np.ones((len(VOWELS), 3))
+    accent[1, 2] = 1.04
+    moved = Speaker(**{**neutral.__dict__, "accent": accent})
+    changes = np.stack([moved.formants(v) / neutral.formants(v) for v in VOWELS])
+    expected = np.ones((len(VOWELS), 3))
+    expected[1, 2] = 1.04
+    np.testing.assert_allclose(changes, expected, rtol=1e-12)
 
 
 def test_synthetic_channel_eq_gain_matches_its_bumps():
@@ -248,3 +262,30 @@ def test_augment_modules_act_only_in_training():
         WaveAugment(gain_db=(3.0, -3.0))
     with pytest.raises(ValueError, match="fill"):
         SpecAugment(fill="nan")
+
+
+def test_spec_augment_module_masks_the_configured_widths_in_training():
+    """In training mode SpecAugment masks whole mel bands and whole frames (filled with the
+    row's mean); over many rows every width from 0 to the configured one appears, never a
+    wider one, and nothing outside the masks changes."""
+    module = SpecAugment(freq_masks=1, freq_width=3, time_masks=1, time_width=5, fill="zero",
+                         generator=torch.Generator().manual_seed(4)).train()
+    features = torch.rand(400, 16, 40) + 1.0  # no cell is 0 before masking
+    out = module(features)
+    masked = (out == 0).numpy()
+    band_widths, frame_widths = set(), set()
+    for row in masked:
+        bands, frames = row.all(axis=1), row.all(axis=0)
+        assert np.array_equal(row, bands[:, None] | frames[None, :])
+        for full, widths in ((bands, band_widths), (frames, frame_widths)):
+            runs = np.flatnonzero(np.diff(np.concatenate([[0], full.astype(int), [0]])))
+            assert runs.size <= 2  # one mask per axis: at most one contiguous run
+            widths.add(int(runs[1] - runs[0]) if runs.size else 0)
+    assert band_widths == {0, 1, 2, 3} and frame_widths == {0, 1, 2, 3, 4, 5}
+    kept = ~torch.from_numpy(masked)
+    assert torch.equal(out[kept], features[kept])
+    mean_filled = SpecAugment(freq_masks=1, freq_width=3, time_masks=0, time_width=0,
+                              generator=torch.Generator().manual_seed(5)).train()(features)
+    changed = mean_filled != features
+    row_means = features.mean(dim=(1, 2), keepdim=True).expand_as(features)
+    assert changed.any() and torch.allclose(mean_filled[changed], row_means[changed])

@@ -28,6 +28,9 @@ def _logits(shape, dtype, scale=3.0):
 
 
 def check_bce(backend, student, teacher, *, reduction="mean", grad_output=None, **options):
+    # The old op defaults, explicitly (the ops now default to kdcore.defaults).
+    options.setdefault("temperature", 1.0)
+    options.setdefault("alpha", 1.0)
     dtype = student.dtype
     classes = student.shape[-1]
     loss = kdcore.kd_bce_loss(student, teacher, reduction=reduction, backend=backend, **options)

@@ -35,6 +35,9 @@ def _logits(shape, dtype, scale=3.0, requires_grad=True):
 
 def check_kd(backend, student, teacher, *, reduction="batchmean", grad_output=None, **options):
     """Run kd_loss forward + backward and compare loss and both gradients with ``kd_loss64``."""
+    # The old op defaults, explicitly (the ops now default to kdcore.defaults).
+    options.setdefault("temperature", 1.0)
+    options.setdefault("alpha", 1.0)
     dtype = student.dtype
     num_classes = student.shape[-1]
     loss = kdcore.kd_loss(student, teacher, reduction=reduction, backend=backend, **options)
@@ -408,3 +411,70 @@ def test_cpp_alpha_near_1_keeps_the_label_weight(kind):
     log_probs = torch.log_softmax(student.double(), dim=-1)
     expected = (1 - 0.99999) * -log_probs[torch.arange(3), labels].sum().item()
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("classes", [37, 3000])  # one block and the chunked Triton path
+def test_minus_inf_only_in_the_teacher_gives_finite_loss_and_gradients(backend, kind, classes):
+    """Classes the teacher rules out (-inf) where the student is finite. reverse_kl takes the
+    student's softmax over the teacher's support (finite loss, zero gradient at the excluded
+    classes); kl and jsd are finite there anyway. Checked against the float64 oracle, with
+    labels (CE over every class), a mask and grad_output != 1; never a NaN."""
+    require_backend(backend)
+    student, teacher = _logits((5, classes), torch.float32), _logits((5, classes), torch.float32)
+    with torch.no_grad():
+        teacher[:, 1::4] = -math.inf
+        teacher[2, :-2] = -math.inf  # a row with two classes left
+    labels = torch.tensor([1, 0, classes - 1, 5, 2])  # label 1 and 5 are teacher-excluded
+    mask = torch.tensor([True, True, True, False, True])
+    loss = check_kd(backend, student, teacher, kind=kind, temperature=2.0, labels=labels,
+                    alpha=0.7, mask=mask, grad_output=torch.tensor(0.5))
+    assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
+    if kind == "reverse_kl":
+        excluded = torch.isinf(teacher) & mask[:, None]
+        # only the CE term reaches the excluded classes: softmax(student) there, times weights
+        ce_part = 0.5 * 0.3 * torch.softmax(student.detach().double(), -1) / mask.sum()
+        label_hot = torch.zeros_like(ce_part).scatter_(1, labels[:, None], 0.5 * 0.3 / 4)
+        torch.testing.assert_close(student.grad.double()[excluded],
+                                   (ce_part - label_hot)[excluded], rtol=1e-3, atol=1e-7)
+
+
+def test_reverse_kl_restricted_support_matches_the_renormalised_formula():
+    """The convention written out independently in float64: KL(softmax over the support || p_t)."""
+    student = torch.randn(4, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    teacher = torch.randn(4, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    teacher[:, ::2] = -math.inf
+    support = ~torch.isinf(teacher)
+    p_t = torch.softmax(teacher / 1.5, -1)
+    expected = 0.0
+    for row in range(4):
+        s = student[row, support[row]] / 1.5
+        log_q = torch.log_softmax(s, -1)
+        expected += (log_q.exp() * (log_q - p_t[row, support[row]].log())).sum().item()
+    expected *= 1.5**2 / 4
+    for backend in ("reference", "cpp"):
+        got = kdcore.kd_loss(student, teacher, temperature=1.5, kind="reverse_kl",
+                             backend=backend)
+        assert got.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_op_defaults_come_from_kdcore_defaults():
+    """temperature and alpha default to kdcore.defaults; without labels the KD term alone."""
+    from kdcore import defaults
+
+    student, teacher = _logits((6, 11), torch.float64, requires_grad=False), \
+        _logits((6, 11), torch.float64, requires_grad=False)
+    labels = torch.tensor([0, 3, 10, 2, 2, 7])
+    for use_labels in (False, True):
+        rows, _, _, _ = kd_loss64(
+            student.numpy(), teacher.numpy(), temperature=defaults.TEMPERATURE,
+            labels=labels.numpy() if use_labels else None,
+            alpha=defaults.ALPHA if use_labels else 1.0)
+        got = kdcore.kd_loss(student, teacher, labels=labels if use_labels else None,
+                             backend="reference")
+        assert got.item() == pytest.approx(rows.mean(), rel=1e-12)
+    bce = kdcore.kd_bce_loss(student, teacher, backend="reference")
+    explicit = kdcore.kd_bce_loss(student, teacher, temperature=defaults.TEMPERATURE,
+                                  backend="reference")
+    assert bce.item() == explicit.item()

@@ -3,6 +3,7 @@ ranges, errors, and the optional HuggingFace wrapper (skipped without transforme
 
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 
@@ -136,7 +137,9 @@ def test_factory_errors_are_clear():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
-                    reason="transformers not installed (pip install 'kdcore[hf]')")
+                    reason="transformers is not installed: it is the optional 'hf' extra, "
+                           "which the test extra and CI leave out (a large download); "
+                           "pip install 'kdcore[hf]' to run this cross-check")
 def test_hf_wrapper_loads_local_tiny_ast(tmp_path):
     from transformers import ASTConfig, ASTForAudioClassification
 
@@ -190,3 +193,92 @@ def test_teacher_ensemble_refuses_mismatched_or_no_members():
                                 create("teacher_cnn", 5, n_mels=16, width=4)])
     with pytest.raises(ValueError, match="members must all report the same"):
         models.TeacherEnsemble([torch.nn.Linear(3, 3)])
+
+
+def test_transformer_layer_against_float64_sdpa():
+    """One encoder layer (eval) against a float64 re-derivation from its weights: pre-norm,
+    q/k/v as the three row blocks of ``qkv``, heads as contiguous slices,
+    ``scaled_dot_product_attention``, output projection, exact-GELU MLP, two residuals."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(1)
+    model = create("transformer", NUM_CLASSES, n_mels=16, dim=24, depth=2, heads=3).eval()
+    for layer in model.layers:
+        for norm in (layer.norm1, layer.norm2):  # non-trivial affine LayerNorms
+            torch.nn.init.normal_(norm.weight, 1.0, 0.3)
+            torch.nn.init.normal_(norm.bias, 0.0, 0.3)
+    x = torch.randn(2, 11, 24) * 2
+    for layer in model.layers:
+        with torch.no_grad():
+            got = layer(x)
+        p = {name: value.detach().double() for name, value in layer.named_parameters()}
+        h = F.layer_norm(x.double(), (24,), p["norm1.weight"], p["norm1.bias"], 1e-5)
+        q, k, v = (h @ p["qkv.weight"][i * 24:(i + 1) * 24].T + p["qkv.bias"][i * 24:(i + 1) * 24]
+                   for i in range(3))
+        heads = [t.view(2, 11, 3, 8).transpose(1, 2) for t in (q, k, v)]
+        attended = F.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(2, 11, 24)
+        y = x.double() + attended @ p["proj.weight"].T + p["proj.bias"]
+        h2 = F.layer_norm(y, (24,), p["norm2.weight"], p["norm2.bias"], 1e-5)
+        hidden = F.gelu(h2 @ p["mlp.0.weight"].T + p["mlp.0.bias"])
+        expected = y + hidden @ p["mlp.3.weight"].T + p["mlp.3.bias"]
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+        x = got
+
+
+def _conv3x3_numpy(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(Cin, F, T) with zero padding 1, weight (Cout, Cin, 3, 3) -> (Cout, F, T), by shifts."""
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    frames, length = x.shape[1:]
+    out = np.zeros((weight.shape[0], frames, length))
+    for di in range(3):
+        for dj in range(3):
+            window = padded[:, di:di + frames, dj:dj + length]
+            out += np.einsum("oc,cft->oft", weight[:, :, di, dj], window)
+    return out
+
+
+def _avg_pool2_ceil_numpy(x: np.ndarray) -> np.ndarray:
+    """2x2 average pooling with a partial last window averaging the cells it covers."""
+    channels, rows, cols = x.shape
+    out = np.zeros((channels, -(-rows // 2), -(-cols // 2)))
+    for i in range(out.shape[1]):
+        for j in range(out.shape[2]):
+            out[:, i, j] = x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(axis=(1, 2))
+    return out
+
+
+def test_teacher_cnn_against_an_independent_float64_computation():
+    """TeacherCNN (eval) against numpy float64: per-mel BatchNorm, 3x3 convs by shifted sums,
+    BatchNorm with random running statistics, ReLU, 2x2 pooling (odd sizes: the last window
+    averages what it covers), mean over frequency, mean + max over time, linear."""
+    torch.manual_seed(2)
+    model = create("teacher_cnn", NUM_CLASSES, n_mels=10, width=2).eval()
+    for module in model.modules():
+        if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            module.running_mean.normal_(0.0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.normal_(module.weight, 1.0, 0.3)
+            torch.nn.init.normal_(module.bias, 0.0, 0.3)
+    features = torch.randn(2, 10, 13) * 3
+    with torch.no_grad():
+        logits = model(features).double().numpy()
+
+    def batch_norm(x: np.ndarray, module: torch.nn.Module) -> np.ndarray:
+        stats = [t.detach().double().numpy() for t in (module.running_mean, module.running_var,
+                                                       module.weight, module.bias)]
+        mean, var, weight, bias = (s.reshape(-1, *([1] * (x.ndim - 1))) for s in stats)
+        return (x - mean) / np.sqrt(var + module.eps) * weight + bias
+
+    for row in range(2):
+        x = batch_norm(features[row].double().numpy(), model.input_norm)[None]
+        for index, block in enumerate(model.blocks):
+            for conv, norm in ((block[0], block[1]), (block[3], block[4])):
+                x = np.maximum(batch_norm(_conv3x3_numpy(
+                    x, conv.weight.detach().double().numpy()), norm), 0.0)
+            if index < 3:
+                x = _avg_pool2_ceil_numpy(x)
+        over_frequency = x.mean(axis=1)
+        pooled = over_frequency.mean(axis=1) + over_frequency.max(axis=1)
+        expected = (pooled @ model.classifier.weight.detach().double().numpy().T
+                    + model.classifier.bias.detach().double().numpy())
+        np.testing.assert_allclose(logits[row], expected, rtol=1e-5, atol=1e-5)

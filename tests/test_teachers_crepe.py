@@ -73,6 +73,7 @@ def test_registry_entry(tiny):
     assert tiny.num_parameters == expected
     assert len(tiny.fingerprint) == 16
     assert tiny.fingerprint == teachers.load("crepe-tiny").fingerprint
+    assert tiny.to("cpu") is tiny
     student = tiny.student.build()
     assert sum(p.numel() for p in student.parameters()) <= tiny.num_parameters // 4
 

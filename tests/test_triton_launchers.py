@@ -310,7 +310,11 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kdcore.kernels import feature_loss, kd_bce_loss, kd_loss, scale_grad
+from kdcore.kernels import feature_loss, kd_bce_loss, kd_loss, log_mel, scale_grad
+from kdcore.ops.log_mel import dft_basis, make_window, mel_filterbank
+
+FLOAT_SCALARS = ("power", "log_eps", "shift", "divisor", "pad_value")
+compiled = set()
 
 def build(kernel, pointers, constexprs, num_warps=4):
     signature = {}
@@ -319,12 +323,13 @@ def build(kernel, pointers, constexprs, num_warps=4):
             signature[name] = "constexpr"
         elif name in pointers:
             signature[name] = pointers[name]
-        elif name.endswith(("_hi", "_lo")):
+        elif name.endswith(("_hi", "_lo")) or name in FLOAT_SCALARS:
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    compiled.add(kernel.fn.__name__)
 
 for dtype, acc, loss in (("bf16", tl.float32, "fp32"), ("fp64", tl.float64, "fp64")):
     logits = {"student_ptr": "*" + dtype, "teacher_ptr": "*" + dtype, "valid_ptr": "*u8",
@@ -349,7 +354,37 @@ for dtype, acc, loss in (("bf16", tl.float32, "fp32"), ("fp64", tl.float64, "fp6
         build(scale_grad._scale_grad_kernel,
               {"grad_ptr": "*" + dtype, "grad_output_ptr": "*" + loss},
               dict(MODE=mode, BLOCK=1024, ACC=acc))
-print("compiled")
+
+# log-mel: both kernels at a 16 kHz geometry (n_fft 512, win 400) and an odd n_fft, every
+# pad/power/log mode once and every dot precision, from the tables the launcher would use.
+filterbank = mel_filterbank(257, f_min=0.0, f_max=8000.0, n_mels=64, sample_rate=16000)
+window = make_window("hann", 400)
+split = log_mel.log_mel_split_tables(window, 512, filterbank)
+direct = log_mel.log_mel_tables(dft_basis(window, 511, preemphasis=0.97),
+                                mel_filterbank(256, f_min=0.0, f_max=8000.0, n_mels=64,
+                                               sample_rate=16000, n_fft=511))
+wave = {"x_ptr": "*fp32", "lengths_ptr": "*i64", "valid_ptr": "*i64", "basis_ptr": "*fp32",
+        "twiddle_ptr": "*fp32", "fb_ptr": "*fp32", "out_ptr": "*fp32"}
+cases = [(0, 0, 0, "ieee", 32), (1, 1, 1, "tf32x3", 64), (2, 2, 2, "tf32", 32),
+         (3, 0, 3, "bf16", 64), (1, 0, 4, "ieee", 32)]
+for pad_mode, power_mode, log_mode, precision, block_t in cases:
+    common = dict(N_FFT=512, WIN=400, M_PAD=split.filterbank.shape[-1], PAD_MODE=pad_mode,
+                  POWER_MODE=power_mode, LOG_MODE=log_mode, AFFINE=log_mode == 3,
+                  PRECISION=precision, EMULATE_BF16=False, BLOCK_T=block_t,
+                  BLOCK_F=log_mel.BLOCK_F, BLOCK_K=log_mel.BLOCK_K)
+    warps = 4 if block_t == 32 else 8
+    build(log_mel._log_mel_split_kernel, wave,
+          dict(common, HALF_PAD=split.basis.shape[1], K_PAD=split.basis.shape[2]), warps)
+    build(log_mel._log_mel_kernel, wave,
+          dict(common, N_FFT=511, M_PAD=direct.filterbank.shape[-1],
+               WIN_PAD=direct.basis.shape[1], F_PAD=direct.basis.shape[2]), warps)
+
+jitted = {name for module in (feature_loss, kd_bce_loss, kd_loss, log_mel, scale_grad)
+          for name, value in vars(module).items()
+          if isinstance(value, triton.runtime.jit.JITFunction) and name.endswith("_kernel")}
+missing = jitted - compiled
+assert not missing, f"kernels left out of the compile test: {sorted(missing)}"
+print("compiled", sorted(compiled))
 """
 
 

@@ -57,15 +57,64 @@ class AudioBatch(NamedTuple):
         return {"waveform": self.waveforms, "label": self.labels, "index": self.indices}
 
 
+def wav_declared_frames(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(declared, present)`` frames of a RIFF/WAVE file: the ``data`` chunk's size from the
+    header over the ``fmt `` block alignment, and what the bytes on disk hold. None when the
+    file is not a RIFF/WAVE file or its header leaves the size open (0 or 0xFFFFFFFF, as
+    streaming writers do)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = 0
+            while True:
+                chunk = handle.read(8)
+                if len(chunk) < 8:
+                    return None
+                name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if name == b"fmt ":
+                    fmt = handle.read(size)
+                    block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else 0
+                    handle.seek(size % 2, os.SEEK_CUR)
+                    continue
+                if name == b"data":
+                    if block_align <= 0 or size in (0, 0xFFFFFFFF):
+                        return None
+                    present = max(0, os.fstat(handle.fileno()).st_size - handle.tell())
+                    return size // block_align, present // block_align
+                handle.seek(size + size % 2, os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+def _check_not_truncated(path: str | os.PathLike) -> None:
+    frames = wav_declared_frames(path)
+    if frames is not None and frames[1] < frames[0]:
+        raise AudioReadError(path, f"truncated file: the header declares {frames[0]} frames, "
+                                   f"{frames[1]} are present")
+
+
+def _reason(error: Exception, path: str | os.PathLike) -> str:
+    """soundfile's message without its ``Error opening '<path>': `` prefix (the file is named
+    once, by :class:`AudioReadError`)."""
+    text = " ".join(str(error).split())
+    for quoted in (repr(str(path)), f"'{path}'", str(path)):
+        text = text.replace(f"Error opening {quoted}: ", "").replace(quoted, "the file")
+    return text
+
+
 def probe_audio(path: str | os.PathLike) -> int:
     """Frames in ``path`` from its header; raises :class:`AudioReadError` when the file is
-    missing, unreadable or has no samples."""
+    missing, unreadable, has no samples, or is a WAV whose header declares more frames than
+    the file holds (truncated)."""
     try:
         info = soundfile.info(str(path))
     except Exception as error:  # soundfile raises several types for bad files
-        raise AudioReadError(path, f"cannot read audio header ({error})") from None
+        raise AudioReadError(path, f"cannot read audio header ({_reason(error, path)})") from None
     if info.frames <= 0:
         raise AudioReadError(path, "file has no audio samples")
+    _check_not_truncated(path)
     return int(info.frames)
 
 
@@ -79,11 +128,13 @@ def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarr
 
 def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.ndarray:
     """Read WAV/FLAC/OGG as mono float32 (T,), channels averaged, resampled with soxr to
-    ``sample_rate`` (kept as is when None). Raises :class:`AudioReadError` naming the file."""
+    ``sample_rate`` (kept as is when None). Raises :class:`AudioReadError` naming the file when
+    it cannot be decoded, is empty, holds NaN or infinite samples, or is a truncated WAV."""
+    _check_not_truncated(path)
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except Exception as error:
-        raise AudioReadError(path, f"cannot decode audio ({error})") from None
+        raise AudioReadError(path, f"cannot decode audio ({_reason(error, path)})") from None
     if data.shape[0] == 0:
         raise AudioReadError(path, "file has no audio samples")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]

@@ -19,16 +19,32 @@ def _check_fractions(test_fraction: float, val_fraction: float) -> None:
                          f"{test_fraction} + {val_fraction}")
 
 
+SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
+
+
+def normalize_split(value: str) -> str | None:
+    """``"train"``, ``"val"`` or ``"test"`` for a split value (case and surrounding spaces
+    ignored; ``validation``, ``valid`` and ``dev`` are aliases of ``val``); None for any other
+    value."""
+    name = str(value).strip().lower()
+    name = SPLIT_ALIASES.get(name, name)
+    return name if name in SPLIT_NAMES else None
+
+
 def split_from_column(splits: Sequence[str | None]) -> dict[str, list[int]]:
-    """Indices per split name from a manifest's ``split`` column (``valid``/``validation``/
-    ``dev`` count as ``val``). Raises when a row has no split."""
-    aliases = {"valid": "val", "validation": "val", "dev": "val", "eval": "test"}
+    """Indices per split name (``train``, ``val``, ``test``) from a manifest's ``split``
+    column, through :func:`normalize_split`. Raises ValueError naming the rows (0-based) of an
+    empty or unknown value."""
     result: dict[str, list[int]] = {}
     for index, value in enumerate(splits):
         if not value:
             raise ValueError(f"row {index} has no split value; fill the manifest's 'split' "
                              "column or use a stratified or group split")
-        name = aliases.get(value.lower(), value.lower())
+        name = normalize_split(value)
+        if name is None:
+            raise ValueError(f"row {index} has split value {value!r}; split values are "
+                             f"train, val and test (aliases of val: "
+                             f"{', '.join(SPLIT_ALIASES)})")
         result.setdefault(name, []).append(index)
     return result
 

@@ -10,6 +10,8 @@ the backward only multiplies them by ``grad_output``:
   once when it is 1: no host sync, no second gradient-sized buffer. The saved gradient is
   consumed, so a second backward through the same graph (``retain_graph=True``) raises; use
   ``backend="cpp"`` or ``"reference"`` for that.
+- Compiled or traced (``torch.compile``, ``opcheck``): an out-of-place multiply, since a graph
+  may not mutate a saved forward output (the compiler fuses the multiply).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def _(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
 def apply_grad_output(grad: torch.Tensor, grad_output: torch.Tensor, backend: str,
                       ctx: object) -> torch.Tensor:
     """``grad * grad_output``, broadcasting ``grad_output`` over trailing dims of ``grad``."""
-    if backend == "triton":
-        if getattr(ctx, "kdcore_consumed", False) and not torch.compiler.is_compiling():
+    if backend == "triton" and not _tracing(grad_output):
+        if getattr(ctx, "kdcore_consumed", False):
             raise RuntimeError(
                 "kdcore: the fused Triton loss consumed its saved gradient in an earlier "
                 "backward pass; backward twice through one graph (retain_graph=True) needs "
@@ -43,11 +45,23 @@ def apply_grad_output(grad: torch.Tensor, grad_output: torch.Tensor, backend: st
             )
         scale_grad_(grad, grad_output)
         return grad
-    if (grad_output.numel() == 1 and not torch.compiler.is_compiling()
-            and float(grad_output) == 1.0):
+    if grad_output.numel() == 1 and _is_plain_value(grad_output) and float(grad_output) == 1.0:
         return grad
     shaped = grad_output.reshape(grad_output.shape + (1,) * (grad.dim() - grad_output.dim()))
     return (grad.to(shaped.dtype) * shaped).to(grad.dtype)
+
+
+def _tracing(tensor: torch.Tensor) -> bool:
+    """Whether the backward is being compiled or traced (fake or functional tensors): then it
+    may neither read ``tensor`` on the host nor mutate a saved forward output."""
+    if torch.compiler.is_compiling() or type(tensor) is not torch.Tensor:
+        return True
+    return torch._guards.detect_fake_mode() is not None
+
+
+def _is_plain_value(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` holds real CPU data that may be read on the host without a sync."""
+    return not _tracing(tensor) and tensor.device.type == "cpu"
 
 
 def register_fused_autograd(op: torch.library.CustomOpDef, num_inputs: int,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdcore import _backends
+from kdcore import _backends, defaults
 from kdcore.ops import _checks
 from kdcore.ops._fused import needs_grad, reduce_items, register_fused_autograd
 
@@ -28,8 +28,9 @@ def _bce_with_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 
 def kd_bce_loss_reference(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
-                          temperature: float = 1.0, labels: torch.Tensor | None = None,
-                          alpha: float = 1.0, mask: torch.Tensor | None = None,
+                          temperature: float = defaults.TEMPERATURE,
+                          labels: torch.Tensor | None = None, alpha: float = defaults.ALPHA,
+                          mask: torch.Tensor | None = None,
                           reduction: str = "mean") -> torch.Tensor:
     """Plain-torch :func:`kd_bce_loss` (arguments checked by the caller)."""
     compute_dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
@@ -93,17 +94,20 @@ register_fused_autograd(_kd_bce_loss_op, num_inputs=10, backend_index=7)
 
 
 def kd_bce_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
-                temperature: float = 1.0, labels: torch.Tensor | None = None,
-                alpha: float = 1.0, mask: torch.Tensor | None = None,
+                temperature: float = defaults.TEMPERATURE, labels: torch.Tensor | None = None,
+                alpha: float = defaults.ALPHA,
+                mask: torch.Tensor | None = None,
                 reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
     """Sigmoid distillation loss between logits shaped (..., C), per element.
 
     Args:
         student_logits, teacher_logits: (..., C) fp32/bf16/fp16 (fp64 for checks).
-        temperature: T > 0; the KD term is ``T^2 * BCEWithLogits(student/T, sigmoid(teacher/T))``.
+        temperature: T > 0 (default ``kdcore.defaults.TEMPERATURE`` = 2.0); the KD term is
+            ``T^2 * BCEWithLogits(student/T, sigmoid(teacher/T))``.
         labels: (..., C) multi-hot (or soft) targets in [0, 1]; adds
-            ``(1-alpha)*BCEWithLogits(student, labels)``.
-        alpha: weight of the KD term in [0, 1].
+            ``(1-alpha)*BCEWithLogits(student, labels)`` (default None: the KD term alone).
+        alpha: weight of the KD term in [0, 1] when ``labels`` are given (default
+            ``kdcore.defaults.ALPHA`` = 0.9).
         mask: (...) bool; False rows drop out.
         reduction: ``"mean"`` over valid elements, ``"sum"`` or ``"none"`` (per element).
         backend: ``"auto"``, ``"triton"``, ``"cpp"`` or ``"reference"``.

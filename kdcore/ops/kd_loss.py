@@ -4,7 +4,11 @@ cross-entropy mix, masks and ignored rows.
 With ``p_t = softmax(teacher/T)`` and ``p_s = softmax(student/T)`` over the last dimension:
 
 - ``kind="kl"``:         ``T^2 * KL(p_t || p_s)``
-- ``kind="reverse_kl"``: ``T^2 * KL(p_s || p_t)``
+- ``kind="reverse_kl"``: ``T^2 * KL(p_s' || p_t)``, where ``p_s'`` is the student's softmax
+  restricted to the teacher's support: classes whose teacher logit is ``-inf`` are dropped
+  from the student's softmax too. The loss stays finite where KL(p_s || p_t) would be infinite,
+  and those classes get zero gradient (no NaN). Penalising student mass there is the job of
+  ``kind="kl"``/``"jsd"`` or the label term; where the student is ``-inf`` too, nothing changes.
 - ``kind="jsd"``:        ``T^2 * (beta*KL(p_t||m) + (1-beta)*KL(p_s||m))``,
   ``m = beta*p_t + (1-beta)*p_s``
 
@@ -19,7 +23,7 @@ import math
 
 import torch
 
-from kdcore import _backends
+from kdcore import _backends, defaults
 from kdcore.ops import _checks
 from kdcore.ops._fused import needs_grad, reduce_items, register_fused_autograd
 
@@ -53,8 +57,9 @@ def _kl_from_log_probs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor
 
 
 def kd_loss_reference(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
-                      temperature: float = 1.0, kind: str = "kl", beta: float = 0.5,
-                      labels: torch.Tensor | None = None, alpha: float = 1.0,
+                      temperature: float = defaults.TEMPERATURE, kind: str = "kl",
+                      beta: float = 0.5, labels: torch.Tensor | None = None,
+                      alpha: float = defaults.ALPHA,
                       ignore_index: int = -100, mask: torch.Tensor | None = None,
                       reduction: str = "batchmean") -> torch.Tensor:
     """Plain-torch :func:`kd_loss` (arguments checked by the caller). Maths in fp32 (fp64 for
@@ -74,7 +79,11 @@ def kd_loss_reference(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if kind == "kl":
         distill = _kl_from_log_probs(log_p_t, log_p_s)
     elif kind == "reverse_kl":
-        distill = _kl_from_log_probs(log_p_s, log_p_t)
+        # The student restricted to the teacher's support (see the module doc).
+        excluded = teacher == -math.inf
+        restricted = torch.where(excluded, -math.inf, student)
+        log_p_r = torch.log_softmax(restricted / temperature, dim=-1)
+        distill = _kl_from_log_probs(log_p_r, log_p_t)
     else:
         log_m = _log_mixture(log_p_t + _log(beta), log_p_s + _log(1.0 - beta))
         distill = torch.zeros_like(log_m[..., 0])
@@ -148,18 +157,22 @@ register_fused_autograd(_kd_loss_op, num_inputs=12, backend_index=9)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
-            temperature: float = 1.0, kind: str = "kl", beta: float = 0.5,
-            labels: torch.Tensor | None = None, alpha: float = 1.0, ignore_index: int = -100,
+            temperature: float = defaults.TEMPERATURE, kind: str = "kl", beta: float = 0.5,
+            labels: torch.Tensor | None = None, alpha: float = defaults.ALPHA,
+            ignore_index: int = -100,
             mask: torch.Tensor | None = None, reduction: str = "batchmean",
             backend: str = "auto") -> torch.Tensor:
     """Distillation loss between logits shaped (..., C), softmax over the last dim.
 
     Args:
         student_logits, teacher_logits: (..., C), fp32/bf16/fp16 (fp64 for checks); same shape.
-        temperature: T > 0. The KD term is scaled by T^2 (always).
+        temperature: T > 0 (default ``kdcore.defaults.TEMPERATURE`` = 2.0). The KD term is
+            scaled by T^2 (always).
         kind: ``"kl"`` (Hinton), ``"reverse_kl"`` or ``"jsd"`` (mixture weight ``beta``).
-        labels: (...) int class ids; adds ``(1-alpha)*CE(student, labels)`` at T=1.
-        alpha: weight of the KD term in [0, 1].
+        labels: (...) int class ids; adds ``(1-alpha)*CE(student, labels)`` at T=1 (default
+            None: the KD term alone, whatever ``alpha``).
+        alpha: weight of the KD term in [0, 1] when ``labels`` are given (default
+            ``kdcore.defaults.ALPHA`` = 0.9).
         ignore_index: label value whose rows drop out of both terms.
         mask: (...) bool; False rows drop out of every term (padded frames).
         reduction: ``"batchmean"`` (sum over valid rows / number of valid rows, 0 if none),

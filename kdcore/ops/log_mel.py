@@ -183,12 +183,16 @@ def _check_int(name: str, value: object, *, low: int, high: int | None = None) -
     return value
 
 
+_CONFIG_KEYS: dict[str, tuple] = {}
+
+
 class LogMelConfig:
     """Checked, hashable settings of one log-mel computation (see :func:`log_mel`)."""
 
-    __slots__ = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "f_min", "f_max",
-                 "window", "center", "pad_mode", "power", "mel_scale", "norm", "log", "log_eps",
-                 "pad_value", "precision", "preemphasis", "remove_dc_offset", "shift", "divisor")
+    FIELDS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "f_min", "f_max",
+              "window", "center", "pad_mode", "power", "mel_scale", "norm", "log", "log_eps",
+              "pad_value", "precision", "preemphasis", "remove_dc_offset", "shift", "divisor")
+    __slots__ = FIELDS + ("token",)
 
     def __init__(self, *, sample_rate: int = 16000, n_fft: int = 400, win_length: int | None = None,
                  hop_length: int = 160, n_mels: int = 80, f_min: float = 0.0,
@@ -244,9 +248,14 @@ class LogMelConfig:
         self.shift = _checks.check_number("shift", shift, low=-math.inf, high=math.inf)
         self.divisor = _checks.check_number("divisor", divisor, low=0.0, high=math.inf,
                                             low_open=True)
+        # A string names the settings inside torch.compile'd code: a string stays a constant
+        # there, while ints and floats read from an object may be traced as symbols.
+        key = self.key()
+        self.token = repr(key)
+        _CONFIG_KEYS[self.token] = key
 
     def key(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
+        return tuple(getattr(self, name) for name in self.FIELDS)
 
     @property
     def n_freqs(self) -> int:
@@ -375,7 +384,7 @@ def log_mel_reference(waveform: torch.Tensor, lengths: torch.Tensor, window: tor
 @functools.lru_cache(maxsize=32)
 def _tables(config_key: tuple, device: torch.device, dtype: torch.dtype) -> tuple:
     """(window (win,), filterbank (n_freqs, n_mels)) for ``config_key`` on ``device``."""
-    config = LogMelConfig(**dict(zip(LogMelConfig.__slots__, config_key, strict=True)))
+    config = LogMelConfig(**dict(zip(LogMelConfig.FIELDS, config_key, strict=True)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the public call has warned already
         filterbank = mel_filterbank(config.n_freqs, f_min=config.f_min, f_max=config.f_max,
@@ -384,6 +393,23 @@ def _tables(config_key: tuple, device: torch.device, dtype: torch.dtype) -> tupl
                                     n_fft=config.n_fft)
     window = make_window(config.window, config.win_length)
     return window.to(device, dtype), filterbank.to(device, dtype)
+
+
+@torch.compiler.assume_constant_result
+def _constant_tables(token: str, device: torch.device, dtype: torch.dtype) -> tuple:
+    """:func:`_tables` of the config named ``token``; under ``torch.compile`` built once at
+    trace time (numpy, a warnings filter) and used as constants of the graph."""
+    return _tables(_CONFIG_KEYS[token], device, dtype)
+
+
+@torch.compiler.assume_constant_result
+def _geometry(token: str) -> tuple:
+    """(n_fft, win_length, hop_length, extra, n_mels, center, packed config) of the config named
+    ``token``: constants under ``torch.compile``."""
+    config = LogMelConfig(**dict(zip(LogMelConfig.FIELDS, _CONFIG_KEYS[token], strict=True)))
+    _, extra = _frame_geometry(config.n_fft, config.win_length, config.center)
+    return (config.n_fft, config.win_length, config.hop_length, extra, config.n_mels,
+            config.center, _pack(config))
 
 
 def dft_basis(window: torch.Tensor, n_fft: int, *, preemphasis: float = 0.0,
@@ -411,7 +437,7 @@ def dft_basis(window: torch.Tensor, n_fft: int, *, preemphasis: float = 0.0,
 
 @functools.lru_cache(maxsize=32)
 def _triton_tables(config_key: tuple, device: torch.device) -> tuple:
-    config = LogMelConfig(**dict(zip(LogMelConfig.__slots__, config_key, strict=True)))
+    config = LogMelConfig(**dict(zip(LogMelConfig.FIELDS, config_key, strict=True)))
     window, filterbank = _tables(config_key, torch.device("cpu"), torch.float64)
     kernels = _backends.triton_kernels()
     if config.n_fft % 2 == 0 and config.preemphasis == 0.0 and not config.remove_dc_offset:
@@ -447,8 +473,9 @@ def _log_mel_op(waveform: torch.Tensor, lengths: torch.Tensor, valid_frames: tor
             pad_mode=PAD_MODES.index(config.pad_mode), power=config.power,
             log_mode=LOGS.index(config.log), log_eps=config.log_eps, shift=config.shift,
             divisor=config.divisor, pad_value=config.pad_value, precision=config.precision)
+    # Contiguous, as the fake kernel and the other backends return it.
     return log_mel_reference(waveform, lengths, window, filterbank, config, n_frames,
-                             valid_frames)
+                             valid_frames).contiguous()
 
 
 @_log_mel_op.register_fake
@@ -561,15 +588,25 @@ def log_mel(waveform: torch.Tensor, *, sample_rate: int = 16000, n_fft: int = 40
 
 
 def warn_if_empty_filters(config: LogMelConfig) -> None:
-    """Warn (as torchaudio does) when some mel filter covers no FFT bin."""
-    if _empty_filters(config.key()):
-        warnings.warn(
-            "At least one mel filterbank has all zero values. The value for `n_mels` "
-            f"({config.n_mels}) may be set too high. Or, the value for `n_freqs` "
-            f"({config.n_freqs}) may be set too low.",
-            UserWarning,
-            stacklevel=3,
-        )
+    """Warn (as torchaudio does) when some mel filter covers no FFT bin (under
+    ``torch.compile``: once, while tracing)."""
+    _warn_if_empty_filters(config.token)
+
+
+@torch.compiler.assume_constant_result
+def _warn_if_empty_filters(token: str) -> bool:
+    config_key = _CONFIG_KEYS[token]
+    if not _empty_filters(config_key):
+        return False
+    config = LogMelConfig(**dict(zip(LogMelConfig.FIELDS, config_key, strict=True)))
+    warnings.warn(
+        "At least one mel filterbank has all zero values. The value for `n_mels` "
+        f"({config.n_mels}) may be set too high. Or, the value for `n_freqs` "
+        f"({config.n_freqs}) may be set too low.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return True
 
 
 @functools.lru_cache(maxsize=64)
@@ -586,9 +623,10 @@ def _log_mel(waveform: torch.Tensor, config: LogMelConfig, lengths: torch.Tensor
     batch = waveform.unsqueeze(0) if unbatched else waveform
     size, samples = batch.shape
     device = batch.device
-    if not config.center and samples < config.win_length:
+    _, win_length, hop_length, extra, n_mels, center, packed = _geometry(config.token)
+    if not center and samples < win_length:
         raise ValueError(f"waveform is shorter than one frame: center=False needs at least "
-                         f"win_length={config.win_length} samples, got {samples}")
+                         f"win_length={win_length} samples, got {samples}")
     if lengths is None:
         item_lengths = torch.full((size,), samples, dtype=torch.int64, device=device)
     else:
@@ -603,13 +641,13 @@ def _log_mel(waveform: torch.Tensor, config: LogMelConfig, lengths: torch.Tensor
         resolved = "reference"
 
     drop = int(drop_last_frame)
-    _, extra = _frame_geometry(config.n_fft, config.win_length, config.center)
-    n_frames = max(1 + (samples + extra) // config.hop_length - drop, 0)
-    valid_frames = (config.frames(item_lengths) - drop).clamp(min=0)
+    n_frames = max(1 + (samples + extra) // hop_length - drop, 0)
+    item_frames = 1 + torch.div(item_lengths + extra, hop_length, rounding_mode="floor")
+    valid_frames = (item_frames - drop).clamp(min=0)
     compute_dtype = torch.float64 if batch.dtype == torch.float64 else torch.float32
     if size == 0:
-        return batch.new_zeros((0, config.n_mels, n_frames), dtype=compute_dtype)
-    window, filterbank = _tables(config.key(), device, compute_dtype)
-    out = _log_mel_op(batch, item_lengths, valid_frames, window, filterbank, _pack(config),
-                      n_frames, resolved)
+        return batch.new_zeros((0, n_mels, n_frames), dtype=compute_dtype)
+    window, filterbank = _constant_tables(config.token, device, compute_dtype)
+    out = _log_mel_op(batch, item_lengths, valid_frames, window, filterbank, packed, n_frames,
+                      resolved)
     return out[0] if unbatched else out

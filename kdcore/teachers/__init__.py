@@ -179,6 +179,14 @@ class TeacherBundle:
         with torch.no_grad():
             return self.model(self.frontend(waveform))
 
+    def to(self, device: torch.device | str) -> TeacherBundle:
+        """Move the frontend and (when it is an ``nn.Module``) the model to ``device``; returns
+        ``self``. Callable (e.g. ONNX) teachers stay where their runtime runs them."""
+        self.frontend.to(device)
+        if isinstance(self.model, nn.Module):
+            self.model.to(device)
+        return self
+
 
 def _s(**kwargs: Any) -> TeacherSpec:
     return TeacherSpec(**kwargs)

@@ -1,4 +1,9 @@
-"""Triton kernels and their launchers (installed as ``kdcore.kernels``).
+"""The launchers of kdcore's Triton kernels, in one module (``kdcore.kernels.launchers``).
+
+``kernels/`` has no ``__init__.py`` on purpose: installed, it is the namespace subpackage
+``kdcore.kernels``; from a checkout whose root is on ``sys.path`` it is at most a namespace
+portion named ``kernels``, which any installed ``kernels`` package (a regular package) wins over.
+So it never shadows the PyPI package ``kernels`` that transformers imports.
 
 Imported lazily by :mod:`kdcore._backends`; set ``TRITON_INTERPRET=1`` before the first import
 to run the kernels on CPU tensors through Triton's interpreter.
@@ -12,15 +17,12 @@ Launchers (each computes the loss and the gradients of the reduced loss in one f
 - :func:`scale_grad_`: in-place ``grad *= grad_output`` for the backward pass.
 """
 
-import os
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
-
-from .feature_loss import feature_loss_forward  # noqa: E402
-from .kd_bce_loss import kd_bce_loss_forward  # noqa: E402
-from .kd_loss import kd_loss_forward  # noqa: E402
-from .log_mel import log_mel_forward, log_mel_split_tables, log_mel_tables  # noqa: E402
-from .scale_grad import scale_grad_  # noqa: E402
+from ._common import INTERPRET
+from .feature_loss import feature_loss_forward
+from .kd_bce_loss import kd_bce_loss_forward
+from .kd_loss import kd_loss_forward
+from .log_mel import log_mel_forward, log_mel_split_tables, log_mel_tables
+from .scale_grad import scale_grad_
 
 __all__ = [
     "INTERPRET",
