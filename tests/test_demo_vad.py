@@ -126,3 +126,45 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     teacher_p = teachers.load("silero-vad").extras["stream"](data["test"]["clean"])
     assert agreement_metrics(teacher_p, probabilities)["agreement"] == pytest.approx(
         clean["student"]["agreement"])
+
+
+def test_cli_demo_runs_the_vad_demo_by_default(monkeypatch, tmp_path):
+    from kdcore import cli, demo_vad
+
+    calls = []
+    monkeypatch.setattr(demo_vad, "run_vad_demo",
+                        lambda out, **kwargs: calls.append((out, kwargs)) or {})
+    assert cli.main(["demo", "--quick", "--quiet", "--seed", "3", "--out", str(tmp_path)]) == 0
+    assert calls == [(str(tmp_path), {"quick": True, "quiet": True, "seed": 3,
+                                      "progress": True})]
+    calls.clear()
+    assert cli.main(["demo"]) == 0
+    assert calls == [("kdcore_demo", {"quick": False, "quiet": False, "seed": 0,
+                                      "progress": True})]
+
+
+def test_cli_demo_synthetic_kd_task_runs_the_old_demo(monkeypatch, tmp_path):
+    from kdcore import cli, demo
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda **kwargs: calls.append(kwargs) or {})
+    out = str(tmp_path / "synthetic")
+    assert cli.main(["demo", "--task", "synthetic-kd", "--quick", "--seed", "5",
+                     "--out", out]) == 0
+    (kwargs,) = calls
+    assert kwargs["out_dir"] == out and kwargs["progress"] is True
+    assert kwargs["config"].seed == 5
+    assert kwargs["config"].epochs == demo.QUICK.epochs
+
+
+def test_cli_demo_missing_package_is_one_line(monkeypatch, capsys):
+    from kdcore import cli, demo_vad
+
+    def missing(out, **kwargs):
+        raise ImportError("teacher 'silero-vad' needs the package silero-vad: pip install x")
+
+    monkeypatch.setattr(demo_vad, "run_vad_demo", missing)
+    assert cli.main(["demo", "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("kdcore: error:") and "pip install" in error
+    assert "\n" not in error
