@@ -87,7 +87,7 @@ class VadDemoConfig:
 
 
 FULL = VadDemoConfig()
-QUICK = VadDemoConfig(train_windows=144, test_windows=12, epochs=6)
+QUICK = VadDemoConfig(train_windows=112, test_windows=8, epochs=5, batch_size=8)
 
 
 class VadStudent(nn.Module):
