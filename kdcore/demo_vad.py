@@ -313,6 +313,8 @@ def run_vad_demo(out: str | Path = "kdcore_demo", *, quick: bool = False, quiet:
         raise ImportError("kdcore demo draws its plots with matplotlib: pip install "
                           "'kdcore[report]'") from error
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out must be a folder, but {out} is a file")
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if quiet else (lambda text: print(text, flush=True))
     started = time.perf_counter()

@@ -168,3 +168,12 @@ def test_cli_demo_missing_package_is_one_line(monkeypatch, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("kdcore: error:") and "pip install" in error
     assert "\n" not in error
+
+
+def test_out_must_be_a_folder(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ValueError, match="out must be a folder"):
+        run_vad_demo(target, quiet=True, config=TINY)
+    with pytest.raises(ValueError, match="seed"):
+        run_vad_demo(tmp_path / "run", quiet=True, seed=-1, config=TINY)
