@@ -681,10 +681,30 @@ def _require(args: argparse.Namespace, *names: str) -> None:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    """Teacher, student alone and student with KD on SyntheticAudio (:mod:`kdcore.demo`)."""
-    from kdcore.demo import run_demo
+    """``--task vad`` (default): Silero VAD distilled on the FSDD subset shipped with kdcore
+    (:mod:`kdcore.demo_vad`); ``--task synthetic-kd``: teacher, student alone and student
+    with KD on SyntheticAudio (:mod:`kdcore.demo`)."""
+    if args.task == "synthetic-kd":
+        import contextlib
+        import dataclasses
+        import io
 
-    run_demo(quick=args.quick, out_dir=args.out, progress=not args.no_progress)
+        from kdcore.demo import FULL, QUICK, run_demo
+
+        config = dataclasses.replace(QUICK if args.quick else FULL, seed=args.seed)
+        silence = (contextlib.redirect_stdout(io.StringIO()) if args.quiet
+                   else contextlib.nullcontext())
+        with silence:
+            run_demo(out_dir=args.out, config=config,
+                     progress=not (args.no_progress or args.quiet))
+        return 0
+    from kdcore.demo_vad import run_vad_demo
+
+    try:
+        run_vad_demo(args.out, quick=args.quick, quiet=args.quiet, seed=args.seed,
+                     progress=not args.no_progress)
+    except ImportError as error:  # silero-vad or matplotlib missing: the message says what to
+        raise CLIError(str(error)) from None  # install
     return 0
 
 
@@ -1111,11 +1131,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="teacher, student alone and student + KD on the "
-                               "embedded SyntheticAudio set: table, reports, plots")
-    demo.add_argument("--quick", action="store_true", help="smaller run (about 2 minutes)")
-    demo.add_argument("--out", default="kdcore_demo", help="output folder")
-    demo.add_argument("--no-progress", action="store_true")
+    demo = commands.add_parser("demo", help="distil Silero VAD into a 25x smaller student on "
+                               "the speech shipped with kdcore: table, model, report, plots")
+    demo.add_argument("--task", choices=("vad", "synthetic-kd"), default="vad",
+                      help="vad (default): Silero VAD on real speech; synthetic-kd: teacher, "
+                      "student alone and student + KD on the embedded SyntheticAudio set")
+    demo.add_argument("--quick", action="store_true",
+                      help="smaller run (vad: under a minute on two CPU cores)")
+    demo.add_argument("--out", default="kdcore_demo", help="output folder (default kdcore_demo)")
+    demo.add_argument("--quiet", action="store_true", help="print nothing")
+    demo.add_argument("--seed", type=int, default=0, help="data, noise and init seed (default 0)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(handler=command_demo)
 
     train = commands.add_parser("train", help="plain training (a teacher, or any model)")
