@@ -34,12 +34,22 @@ import torch
 from torch import nn
 
 from kdcore import defaults
+from kdcore.engine.config import (
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    TASKS,
+    TEACHER_MODES,
+    LoopConfig,
+    ObjectiveConfig,
+    TeacherConfig,
+)
 
 EXIT_USAGE = 2
 SYNTHETIC = "synthetic"
 # What marks a folder as holding a run, and what --overwrite removes (nothing else).
 RUN_MARKERS = ("run.json", "model.pt", "checkpoints", "metrics.jsonl")
-RUN_ARTEFACTS = (*RUN_MARKERS, "report.json", "confusion.png", "skipped.txt",
+RUN_ARTEFACTS = (*RUN_MARKERS, "best.pt", "report.json", "confusion.png", "skipped.txt",
                  "teacher_cache", "tensorboard")
 # Settings a resume may change: they do not change what is trained. ``epochs`` follows the
 # engine's policy for a longer run; every other setting must match the original run.
@@ -427,22 +437,87 @@ def write_report(labels: torch.Tensor, predictions: torch.Tensor, class_names: l
     return report
 
 
+LOOP_FLAGS = ("optimizer", "lr", "weight_decay", "schedule", "grad_accum", "precision",
+              "compile", "clip_grad_norm", "ema", "best_metric", "best_mode", "patience",
+              "seed")
+
+
+def _user_config(cls: type, **values: object):
+    """``cls(**values)`` (a config dataclass); its validation errors name the field and are
+    user mistakes here, so they become a :class:`CLIError` naming the flag."""
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as error:
+        text = str(error)
+        for name in values:
+            if text.startswith(name):
+                text = f"--{name.replace('_', '-')}{text[len(name):]}"
+                break
+        raise CLIError(text) from None
+
+
+def loop_config(args: argparse.Namespace) -> LoopConfig:
+    """The :class:`LoopConfig` of a train/distill run from its loop flags."""
+    values = {name: getattr(args, name) for name in LOOP_FLAGS}
+    return _user_config(LoopConfig, **values, device=str(_device(args)), checkpoint_every=0,
+                        progress=not args.no_progress)
+
+
+def objective_config(args: argparse.Namespace, *, alpha: float | None = None,
+                     temperature: float | None = None) -> ObjectiveConfig:
+    """The :class:`ObjectiveConfig` of a train/distill run."""
+    extra = {} if alpha is None else {"alpha": alpha, "temperature": temperature}
+    return _user_config(ObjectiveConfig, task=args.task, mixup=args.mixup,
+                        loss_backend=args.backend, **extra)
+
+
+def make_trainer(model: nn.Module, args: argparse.Namespace, *, augment: bool):
+    """The :class:`kdcore.Trainer` of a train run (plain supervised training, weights saved
+    under ``"model"``), built and so checked before anything is written to ``--out``."""
+    from kdcore import Trainer
+
+    objective = objective_config(args)
+    frontend = model_frontend(args, augment)
+    return Trainer(model, task=objective.task, frontend=frontend, mixup=objective.mixup,
+                   loss_backend=objective.loss_backend, metrics=task_metrics(args.task),
+                   config=loop_config(args))
+
+
 def make_distiller(teacher: nn.Module, student: nn.Module, args: argparse.Namespace, *,
-                   alpha: float, temperature: float, augment: bool,
-                   teacher_mode: str = "online",
+                   augment: bool, teacher_mode: str = "online",
                    feature_pairs: list[tuple[str, str]] | None = None,
-                   feature_weight: float = 0.0, cache_dir: Path | None = None):
-    """The :class:`kdcore.Distiller` of a train/distill run (built, and so checked, before
-    anything is written to ``--out``)."""
+                   feature_weight: float = 0.0, cache_dir: Path | None = None,
+                   teacher_frontend: nn.Module | None = None):
+    """The :class:`kdcore.Distiller` of a distill run (built, and so checked, before
+    anything is written to ``--out``). ``teacher_frontend`` [None: the student's]."""
     from kdcore import Distiller
 
-    frontend = training_frontend(frontend_config(args), args, augment)
-    return Distiller(teacher, student, frontend=frontend, temperature=temperature,
-                     alpha=alpha, lr=args.lr, schedule="onecycle", seed=args.seed,
-                     device=_device(args), checkpoint_every=0, progress=not args.no_progress,
-                     teacher_mode=teacher_mode, feature_pairs=feature_pairs,
-                     feature_weight=feature_weight, cache_dir=cache_dir,
-                     loss_backend=args.backend, mixup=args.mixup)
+    objective = objective_config(args, alpha=args.alpha, temperature=args.temperature)
+    teacher_config = _user_config(TeacherConfig, teacher_mode=teacher_mode,
+                                  feature_pairs=tuple(feature_pairs or ()),
+                                  feature_weight=feature_weight, cache_dir=cache_dir)
+    loop = loop_config(args)
+    frontend = model_frontend(args, augment)
+    fronts = ({"frontend": frontend} if teacher_frontend is None else
+              {"teacher_frontend": teacher_frontend, "student_frontend": frontend})
+    return Distiller(teacher, student, **fronts, task=objective.task,
+                     temperature=objective.temperature, alpha=objective.alpha,
+                     mixup=objective.mixup, loss_backend=objective.loss_backend,
+                     metrics=task_metrics(args.task),
+                     **{k: v for k, v in teacher_config.to_dict().items()
+                        if k in ("teacher_mode", "feature_pairs", "feature_weight",
+                                 "cache_dir") and v is not None},
+                     **loop.to_dict())
+
+
+def task_metrics(task: str) -> dict | None:
+    """Extra validation metrics of ``task`` (none yet beyond the objective's own)."""
+    return None
+
+
+def model_frontend(args: argparse.Namespace, augment: bool) -> nn.Module:
+    """The student's (or trained model's) frontend: log-mel, with augmentation."""
+    return training_frontend(frontend_config(args), args, augment)
 
 
 def _fit(distiller, data: Data, args: argparse.Namespace, out: Path) -> None:
@@ -451,8 +526,14 @@ def _fit(distiller, data: Data, args: argparse.Namespace, out: Path) -> None:
     train_loader = _loader(data.train, args.batch_size, shuffle=True)
     val_loader = (_loader(data.validation, args.batch_size, shuffle=False)
                   if data.validation is not None else None)
-    history = distiller.fit(train_loader, val_loader, epochs=args.epochs, out_dir=out,
-                            resume=args.resume)
+    try:
+        history = distiller.fit(train_loader, val_loader, epochs=args.epochs, out_dir=out,
+                                resume=args.resume)
+    except ValueError as error:
+        # The engine refuses another ``epochs`` for a planned (onecycle/cosine) schedule.
+        if args.resume and str(error).startswith("epochs="):
+            raise CLIError(f"--resume with --epochs {args.epochs}: {error}") from None
+        raise
     last = history.epochs[-1] if history.epochs else {}
     shown = {k: round(v, 4) for k, v in last.items() if isinstance(v, float)}
     print(f"last epoch: {shown}")
@@ -492,7 +573,8 @@ def seed_run(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------
 
 # Distiller settings a resume may change (how the step runs, not what it computes).
-ENGINE_MAY_DIFFER = frozenset({"compile", "cuda_graphs"})
+ENGINE_MAY_DIFFER = frozenset({"compile", "cuda_graphs", "device", "progress", "loss_backend",
+                               "cache_dir"})
 
 
 @dataclass
@@ -543,7 +625,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     except Exception as error:  # pickle, zip and unpickler errors: not a usable checkpoint
         raise CLIError(f"--resume: {plan.checkpoint} is not a readable training checkpoint "
                        f"({type(error).__name__}); pass --overwrite to start again") from None
-    if not isinstance(state, dict) or not isinstance(state.get("student"), dict):
+    if not isinstance(state, dict) or not isinstance(state.get(args_model_key(args)), dict):
         raise CLIError(f"--resume: {plan.checkpoint} is not a kdcore training checkpoint")
     plan.state = state
     record_path = out / "run.json"
@@ -553,6 +635,12 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         except (OSError, ValueError) as error:
             raise CLIError(f"--resume: {record_path} is not readable JSON ({error})") from None
     return plan
+
+
+def args_model_key(args: argparse.Namespace) -> str:
+    """The checkpoint key of the trained weights: ``"model"`` (train), ``"student"``
+    (distill)."""
+    return "model" if args.command == "train" else "student"
 
 
 def _shown(value: object) -> str:
@@ -573,7 +661,7 @@ def check_resume(plan: RunPlan, args: argparse.Namespace, model: nn.Module,
             if original[key] != current[key]:
                 differ[key] = (original[key], current[key])
     stored = plan.state.get("config", {})
-    for key, value in sorted(distiller.config.items()):
+    for key, value in sorted(distiller.loop.config_dict().items()):
         if (key not in ENGINE_MAY_DIFFER and key not in differ and key in stored
                 and _jsonable(stored[key]) != _jsonable(value)):
             differ[key] = (stored[key], value)
@@ -583,7 +671,7 @@ def check_resume(plan: RunPlan, args: argparse.Namespace, model: nn.Module,
         raise CLIError(f"--resume: {plan.out} was started with other settings ({listed}); "
                        "resume with the original values, or pass --overwrite or another "
                        "--out for a new run")
-    weights, expected = plan.state["student"], model.state_dict()
+    weights, expected = plan.state[args_model_key(args)], model.state_dict()
     wrong = [key for key in expected if key not in weights
              or tuple(weights[key].shape) != tuple(expected[key].shape)]
     wrong += [key for key in weights if key not in expected]
@@ -595,10 +683,11 @@ def check_resume(plan: RunPlan, args: argparse.Namespace, model: nn.Module,
                        f"model ({len(wrong)} tensors differ, first {key}: {have} in the "
                        f"checkpoint, {want} now); resume with the original --model, --width "
                        "and --model-arg")
-    if plan.state.get("teacher_fingerprint") != distiller.teacher_fingerprint:
+    fingerprint = getattr(distiller, "teacher_fingerprint", None)
+    if plan.state.get("teacher_fingerprint") != fingerprint:
         raise CLIError(f"--resume: {plan.out} was trained with another teacher (fingerprint "
                        f"{str(plan.state.get('teacher_fingerprint'))[:12]}, this teacher "
-                       f"{distiller.teacher_fingerprint[:12]}); resume with the original "
+                       f"{str(fingerprint)[:12]}); resume with the original "
                        "--teacher")
 
 
@@ -645,14 +734,50 @@ def run_training(plan: RunPlan, distiller, data: Data, args: argparse.Namespace)
         raise
 
 
-def _finish_training(model: nn.Module, data: Data, args: argparse.Namespace, out: Path,
-                     kind: str, meta: dict) -> None:
+def _final_weights(engine, model: nn.Module) -> None:
+    """With ``--ema``, load the EMA weights into ``model``: they are what is saved and
+    evaluated."""
+    ema = getattr(engine.loop, "ema", None)
+    if ema is not None:
+        model.load_state_dict(getattr(ema, "student", ema).state_dict())
+
+
+def _save_best(engine, model: nn.Module, data: Data, args: argparse.Namespace, out: Path,
+               meta: dict) -> Path | None:
+    """``OUT/best.pt``: a model checkpoint (like ``model.pt``) of the engine's
+    ``checkpoints/best.pt`` (the best epoch by ``--best-metric``; the EMA weights with
+    ``--ema``), or None when no epoch was validated."""
+    import copy
+
+    from kdcore.checkpoints import save_model_checkpoint
+
+    best = out / "checkpoints" / "best.pt"
+    if not best.is_file():
+        return None
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    best_model = copy.deepcopy(model).cpu()
+    best_model.load_state_dict(state[args_model_key(args)])
+    info = {"best_epoch": state.get("epoch"), "best_metric": state.get("metric"),
+            "best_value": state.get("value"), "ema": bool(state.get("ema"))}
+    path = save_model_checkpoint(out / "best.pt", best_model, class_names=data.class_names,
+                                 frontend=frontend_config(args), clip_samples=clip_samples(args),
+                                 meta={**meta, **info})
+    print(f"saved the best epoch ({info['best_epoch']}, {info['best_metric']} "
+          f"{info['best_value']:.4g}) as {path}")
+    return path
+
+
+def _finish_training(engine, model: nn.Module, data: Data, args: argparse.Namespace,
+                     out: Path, kind: str, meta: dict) -> None:
     from kdcore.checkpoints import build_frontend, save_model_checkpoint
 
+    _final_weights(engine, model)
+    meta = {**meta, "ema": args.ema}
     path = save_model_checkpoint(out / "model.pt", model, class_names=data.class_names,
                                  frontend=frontend_config(args), clip_samples=clip_samples(args),
                                  meta=meta)
-    print(f"saved {kind} checkpoint {path}")
+    print(f"saved {kind} checkpoint {path}{' (EMA weights)' if args.ema else ''}")
+    _save_best(engine, model, data, args, out, meta)
     labels, predictions = predict(build_frontend(frontend_config(args), args.backend), model,
                                   data.evaluation, args.batch_size, _device(args),
                                   not args.no_progress)
@@ -699,15 +824,12 @@ def command_train(args: argparse.Namespace) -> int:
     print(data.summary, flush=True)
     seed_run(args)
     model = build_model(args.model, len(data.class_names), args)
-    from kdcore.demo import ConstantTeacher
-
-    distiller = make_distiller(ConstantTeacher(len(data.class_names)), model, args, alpha=0.0,
-                               temperature=1.0, augment=not args.no_augment)
-    check_resume(plan, args, model, distiller)
+    trainer = make_trainer(model, args, augment=not args.no_augment)
+    check_resume(plan, args, model, trainer)
     start_run(plan, "train", args, data)
     print(f"{args.model}: {model.num_parameters():,} parameters", flush=True)
-    run_training(plan, distiller, data, args)
-    _finish_training(model, data, args, plan.out, "model", {"command": "train"})
+    run_training(plan, trainer, data, args)
+    _finish_training(trainer, model, data, args, plan.out, "model", {"command": "train"})
     return 0
 
 
@@ -809,8 +931,7 @@ def command_distill(args: argparse.Namespace) -> int:
         _check_cache_dir(cache_dir, args)
     seed_run(args)
     student = build_model(args.student, len(data.class_names), args)
-    distiller = make_distiller(teacher.model, student, args, alpha=args.alpha,
-                               temperature=args.temperature,
+    distiller = make_distiller(teacher.model, student, args,
                                augment=not (args.no_augment or cached),
                                teacher_mode=args.teacher_mode, feature_pairs=pairs,
                                feature_weight=weight, cache_dir=cache_dir)
@@ -819,7 +940,7 @@ def command_distill(args: argparse.Namespace) -> int:
     print(f"teacher {teacher.model_name}: {teacher.model.num_parameters():,} parameters; "
           f"student {args.student}: {student.num_parameters():,} parameters", flush=True)
     run_training(plan, distiller, data, args)
-    _finish_training(student, data, args, plan.out, "student",
+    _finish_training(distiller, student, data, args, plan.out, "student",
                      {"command": "distill", "teacher": ", ".join(paths),
                       "temperature": args.temperature, "alpha": args.alpha})
     return 0
@@ -1041,69 +1162,155 @@ def command_bench(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file whose keys mirror these flags (flags win)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda "
-                        "when available)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "reference", "cpp",
-                        "triton"), help="kernel backend of the losses and log-mel")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+def _config_default(cls: type, name: str) -> object:
+    """The default of field ``name`` of config dataclass ``cls`` (written once, there)."""
+    import dataclasses
+
+    return {f.name: f.default for f in dataclasses.fields(cls)}[name]
 
 
-def _add_data(parser: argparse.ArgumentParser, *, frontend: bool = True) -> None:
-    parser.add_argument("--data", help="class-per-folder directory, CSV manifest "
-                        "(path,label[,split][,group]) or 'synthetic'")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip unreadable, empty, truncated or non-finite files and bad "
-                             "rows (counted, listed in OUT/skipped.txt)")
-    parser.add_argument("--allow-duplicates", action="store_true",
-                        help="a manifest may list a file twice (all copies in one split)")
-    parser.add_argument("--group-split", metavar="COLUMN", default=None,
-                        help="group-disjoint split by this manifest column (e.g. speaker)")
-    parser.add_argument("--test-fraction", type=float, default=0.2,
-                        help="test share of a random split (no split column)")
-    parser.add_argument("--val-fraction", type=float, default=0.0,
-                        help="val share of a random split, validated on each epoch")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seeds the split, model init, data order, augmentation, mixup "
-                             "and dropout")
-    parser.add_argument("--synthetic-size", type=int, default=2048,
-                        help="training clips of --data synthetic (test: a quarter)")
-    parser.add_argument("--sample-rate", type=int, default=defaults.SAMPLE_RATE)
-    parser.add_argument("--clip-seconds", type=float, default=1.0)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default; hides ``(default: None)`` and ``(default: False)``, which
+    say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or (
+                action.default is argparse.SUPPRESS):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _groups(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:  # noqa: SLF001
+    titles = {"data": "data", "frontend": "frontend (log-mel)", "model": "model",
+              "objective": "objective", "loop": "training loop", "output": "output and run"}
+    return {key: parser.add_argument_group(title) for key, title in titles.items()}
+
+
+def _add_common(groups: dict, *, loop: str = "loop") -> None:
+    groups["output"].add_argument("--config", help="YAML file whose keys mirror these flags "
+                                  "(flags win)")
+    groups[loop].add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: "
+                              "cuda when available)")
+    groups["frontend"].add_argument("--backend", default="auto",
+                                    choices=("auto", "reference", "cpp", "triton"),
+                                    help="kernel backend of the losses and log-mel")
+    groups[loop].add_argument("--batch-size", type=int, default=64, help="clips per batch")
+    groups["output"].add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_data(groups: dict, *, frontend: bool = True) -> None:
+    data = groups["data"]
+    data.add_argument("--data", help="class-per-folder directory, CSV manifest "
+                      "(path,label[,split][,group], or path,labels / path,transcript for "
+                      "--task multilabel / ctc) or 'synthetic'")
+    data.add_argument("--skip-bad", action="store_true",
+                      help="skip unreadable, empty, truncated or non-finite files and bad "
+                           "rows (counted, listed in OUT/skipped.txt)")
+    data.add_argument("--allow-duplicates", action="store_true",
+                      help="a manifest may list a file twice (all copies in one split)")
+    data.add_argument("--group-split", metavar="COLUMN", default=None,
+                      help="group-disjoint split by this manifest column (e.g. speaker)")
+    data.add_argument("--test-fraction", type=float, default=0.2,
+                      help="test share of a random split (no split column)")
+    data.add_argument("--val-fraction", type=float, default=0.0,
+                      help="val share of a random split, validated on each epoch")
+    data.add_argument("--seed", type=int, default=_config_default(LoopConfig, "seed"),
+                      help="seeds the split, model init, data order, augmentation, mixup "
+                           "and dropout")
+    data.add_argument("--synthetic-size", type=int, default=2048,
+                      help="training clips of --data synthetic (test: a quarter)")
+    data.add_argument("--sample-rate", type=int, default=defaults.SAMPLE_RATE,
+                      help="sample rate the audio is resampled to (Hz)")
+    data.add_argument("--clip-seconds", type=float, default=1.0,
+                      help="clip length: random crops in training, centre crops otherwise")
     if frontend:
-        parser.add_argument("--n-mels", type=int, default=defaults.N_MELS)
-        parser.add_argument("--n-fft", type=int, default=defaults.N_FFT)
-        parser.add_argument("--hop-length", type=int, default=defaults.HOP_LENGTH)
+        fe = groups["frontend"]
+        fe.add_argument("--n-mels", type=int, default=defaults.N_MELS, help="mel bands")
+        fe.add_argument("--n-fft", type=int, default=defaults.N_FFT, help="FFT size")
+        fe.add_argument("--hop-length", type=int, default=defaults.HOP_LENGTH,
+                        help="samples between frames")
 
 
-def _add_unlabelled(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--unlabelled", metavar="PATH", default=None,
-                        help="audio without labels (a folder, searched recursively, or a CSV "
-                             "with a 'path' column) added to the training split; the student "
-                             "learns the teacher's outputs on it (KD term only)")
+def _add_unlabelled(groups: dict) -> None:
+    groups["data"].add_argument(
+        "--unlabelled", metavar="PATH", default=None,
+        help="audio without labels (a folder, searched recursively, or a CSV with a 'path' "
+             "column) added to the training split; the student learns the teacher's outputs "
+             "on it (KD term only)")
 
 
-def _add_training(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=defaults.LR)
-    parser.add_argument("--out", help="output folder")
-    parser.add_argument("--width", type=int, default=None, help="model width")
-    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
-                        help="extra model keyword (repeatable), e.g. dropout=0.2")
-    parser.add_argument("--no-augment", action="store_true",
-                        help="no gain/shift/SpecAugment during training")
-    parser.add_argument("--mixup", type=float, default=0.0, metavar="A",
-                        help="mixup with lam ~ Beta(A, A) on the training waveforms, labels "
-                             "and teacher targets mixed alike (0 = off)")
-    parser.add_argument("--resume", action="store_true",
+def _add_task(groups: dict) -> None:
+    groups["objective"].add_argument(
+        "--task", choices=TASKS, default=_config_default(ObjectiveConfig, "task"),
+        help="what the model predicts: multiclass (a 'label' per clip), multilabel (a "
+             "manifest 'labels' column of ';'-separated tags) or ctc (a manifest "
+             "'transcript' column); frame, frame_multilabel and regression have no CLI data "
+             "format (use the kdcore.Trainer / kdcore.Distiller API)")
+
+
+def _add_training(groups: dict) -> None:
+    loop, model, output = groups["loop"], groups["model"], groups["output"]
+    loop.add_argument("--epochs", type=int, default=10, help="passes over the training split")
+    loop.add_argument("--lr", type=float, default=_config_default(LoopConfig, "lr"),
+                      help="peak learning rate")
+    loop.add_argument("--optimizer", choices=OPTIMIZERS,
+                      default=_config_default(LoopConfig, "optimizer"),
+                      help="adamw/adam (fused) or sgd (momentum 0.9)")
+    loop.add_argument("--weight-decay", type=float,
+                      default=_config_default(LoopConfig, "weight_decay"),
+                      help="decoupled weight decay on weights (dim >= 2)")
+    loop.add_argument("--schedule", choices=SCHEDULES,
+                      default=_config_default(LoopConfig, "schedule"),
+                      help="learning-rate schedule, per optimizer step (a resume may not "
+                           "change --epochs of onecycle/cosine)")
+    loop.add_argument("--grad-accum", type=int,
+                      default=_config_default(LoopConfig, "grad_accum"),
+                      help="micro-batches per optimizer step")
+    loop.add_argument("--precision", choices=PRECISIONS,
+                      default=_config_default(LoopConfig, "precision"),
+                      help="autocast of the forward on CUDA (fp32 on the CPU)")
+    loop.add_argument("--compile", action="store_true",
+                      default=_config_default(LoopConfig, "compile"),
+                      help="torch.compile the model")
+    loop.add_argument("--clip-grad-norm", type=float, metavar="NORM",
+                      default=_config_default(LoopConfig, "clip_grad_norm"),
+                      help="clip the global gradient norm to NORM (default: off)")
+    loop.add_argument("--ema", type=float, metavar="DECAY",
+                      default=_config_default(LoopConfig, "ema"),
+                      help="exponential moving average of the weights with this decay; the "
+                           "EMA weights are evaluated and saved (default: off)")
+    loop.add_argument("--best-metric", metavar="NAME",
+                      default=_config_default(LoopConfig, "best_metric"),
+                      help="validation metric that picks OUT/best.pt (default: val_loss "
+                           "when there is a val split)")
+    loop.add_argument("--best-mode", choices=("min", "max"),
+                      default=_config_default(LoopConfig, "best_mode"),
+                      help="min or max (default: min for names with loss/error/wer/cer)")
+    loop.add_argument("--patience", type=int, metavar="EPOCHS",
+                      default=_config_default(LoopConfig, "patience"),
+                      help="stop after this many epochs without a better --best-metric "
+                           "(default: off)")
+    loop.add_argument("--deterministic", action="store_true",
+                      help="PyTorch deterministic algorithms (bitwise repeats on a GPU)")
+    model.add_argument("--width", type=int, default=None, help="model width")
+    model.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                       help="extra model keyword (repeatable), e.g. dropout=0.2")
+    groups["frontend"].add_argument("--no-augment", action="store_true",
+                                    help="no gain/shift/SpecAugment during training")
+    groups["objective"].add_argument(
+        "--mixup", type=float, metavar="A", default=_config_default(ObjectiveConfig, "mixup"),
+        help="mixup with lam ~ Beta(A, A) on the training waveforms, labels and teacher "
+             "targets mixed alike (0 = off)")
+    output.add_argument("--out", help="output folder")
+    output.add_argument("--resume", action="store_true",
                         help="continue the run in --out from OUT/checkpoints/last.pt (same "
                              "settings; starts fresh when there is no checkpoint yet)")
-    parser.add_argument("--overwrite", action="store_true",
+    output.add_argument("--overwrite", action="store_true",
                         help="replace the run already in --out")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="PyTorch deterministic algorithms (bitwise repeats on a GPU)")
+
+
+def _sub(commands, name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002
+    return commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1111,78 +1318,100 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="teacher, student alone and student + KD on the "
-                               "embedded SyntheticAudio set: table, reports, plots")
+    demo = _sub(commands, "demo", "teacher, student alone and student + KD on the embedded "
+                "SyntheticAudio set: table, reports, plots")
     demo.add_argument("--quick", action="store_true", help="smaller run (about 2 minutes)")
     demo.add_argument("--out", default="kdcore_demo", help="output folder")
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace the demo already in --out")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(handler=command_demo)
 
-    train = commands.add_parser("train", help="plain training (a teacher, or any model)")
-    train.add_argument("--model", help="model name (kdcore.models.available_models())")
-    _add_data(train)
-    _add_training(train)
-    _add_common(train)
+    train = _sub(commands, "train", "plain supervised training of any model (a teacher, or "
+                 "a student alone)")
+    groups = _groups(train)
+    groups["model"].add_argument("--model", help="model name (kdcore.models."
+                                 "available_models()), or hf with --model-arg path=DIR")
+    _add_data(groups)
+    _add_task(groups)
+    _add_training(groups)
+    _add_common(groups)
     train.set_defaults(handler=command_train)
 
-    distill = commands.add_parser("distill", help="distil a teacher checkpoint into a student")
-    distill.add_argument("--teacher", nargs="+", metavar="CKPT",
-                         help="teacher checkpoint (model.pt of train); several make an "
-                              "ensemble teacher (mean of their logits)")
-    distill.add_argument("--student", help="student model name")
-    distill.add_argument("--temperature", type=float, default=defaults.TEMPERATURE)
-    distill.add_argument("--alpha", type=float, default=defaults.ALPHA,
-                         help="weight of the KD term (1 - alpha on cross-entropy)")
-    distill.add_argument("--teacher-mode", choices=("online", "cached"), default="online")
-    distill.add_argument("--cache-dir", default=None,
-                         help="teacher cache of cache-teacher (cached mode)")
-    distill.add_argument("--feature-pair", action="append", metavar="S:T",
-                         help="student:teacher module paths for feature distillation")
-    distill.add_argument("--feature-weight", type=float, default=None,
-                         help="weight of the feature loss (default 1 with feature pairs)")
-    _add_unlabelled(distill)
-    _add_data(distill)
-    _add_training(distill)
-    _add_common(distill)
+    distill = _sub(commands, "distill", "distil a teacher into a student")
+    groups = _groups(distill)
+    groups["model"].add_argument(
+        "--teacher", nargs="+", metavar="TEACHER",
+        help="teacher checkpoint (model.pt of train; several make an ensemble teacher, the "
+             "mean of their logits), a registered teacher name (kdcore teachers) or hf:PATH")
+    groups["model"].add_argument("--student", help="student model name")
+    obj = groups["objective"]
+    obj.add_argument("--temperature", type=float, default=defaults.TEMPERATURE,
+                     help="softening temperature of the KD term")
+    obj.add_argument("--alpha", type=float, default=defaults.ALPHA,
+                     help="weight of the KD term (1 - alpha on the label term)")
+    obj.add_argument("--teacher-mode", choices=TEACHER_MODES,
+                     default=_config_default(TeacherConfig, "teacher_mode"),
+                     help="online: run the teacher every step; cached: once per item")
+    obj.add_argument("--cache-dir", default=None,
+                     help="teacher cache of cache-teacher (cached mode; default: "
+                          "OUT/teacher_cache)")
+    obj.add_argument("--feature-pair", action="append", metavar="S:T",
+                     help="student:teacher module paths for feature distillation")
+    obj.add_argument("--feature-weight", type=float, default=None,
+                     help="weight of the feature loss (default: 1 with feature pairs)")
+    _add_unlabelled(groups)
+    _add_data(groups)
+    _add_task(groups)
+    _add_training(groups)
+    _add_common(groups)
     distill.set_defaults(handler=command_distill)
 
-    evaluate = commands.add_parser("eval", help="classification report, JSON and confusion "
-                                   "PNG of a checkpoint")
-    evaluate.add_argument("--model", help="model checkpoint (model.pt)")
-    evaluate.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
-                          help="the split to score (default test); all: every file")
-    evaluate.add_argument("--out", default=None, help="output folder (default: "
-                          "next to the checkpoint, eval/)")
-    _add_data(evaluate, frontend=False)
-    _add_common(evaluate)
+    evaluate = _sub(commands, "eval", "classification report, JSON and confusion PNG of a "
+                    "checkpoint")
+    groups = _groups(evaluate)
+    groups["model"].add_argument("--model", help="model checkpoint (model.pt)")
+    groups["data"].add_argument("--split", default="test",
+                                choices=("test", "val", "train", "all"),
+                                help="the split to score; all: every file")
+    groups["output"].add_argument("--out", default=None, help="output folder (default: "
+                                  "next to the checkpoint, eval/)")
+    _add_data(groups, frontend=False)
+    _add_common(groups)
     evaluate.set_defaults(handler=command_eval)
 
-    cache = commands.add_parser("cache-teacher", help="precompute teacher logits for "
-                                "distill --teacher-mode cached")
-    cache.add_argument("--teacher", nargs="+", metavar="CKPT",
-                       help="teacher checkpoint; several make an ensemble teacher")
-    cache.add_argument("--out", help="cache folder")
-    _add_unlabelled(cache)
-    _add_data(cache)
-    _add_common(cache)
+    cache = _sub(commands, "cache-teacher", "precompute teacher outputs for distill "
+                 "--teacher-mode cached --cache-dir OUT")
+    groups = _groups(cache)
+    groups["model"].add_argument("--teacher", nargs="+", metavar="CKPT",
+                                 help="teacher checkpoint; several make an ensemble teacher")
+    groups["output"].add_argument("--out", help="cache folder")
+    groups["output"].add_argument("--overwrite", action="store_true",
+                                  help="replace the cache already in --out")
+    _add_unlabelled(groups)
+    _add_data(groups)
+    _add_task(groups)
+    _add_common(groups)
     cache.set_defaults(handler=command_cache_teacher)
 
-    export = commands.add_parser("export", help="export a checkpoint with its frontend "
-                                 "(waveform in, logits out)")
+    export = _sub(commands, "export", "export a checkpoint with its frontend (waveform in, "
+                  "logits out)")
     export.add_argument("--model", help="model checkpoint (model.pt)")
-    export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript",
+                        help="output format")
     export.add_argument("--out", help="output file")
     export.add_argument("--config", help="YAML file whose keys mirror these flags")
     export.set_defaults(handler=command_export)
 
-    teachers = commands.add_parser("teachers", help="the registry of pretrained teachers: name, "
-                                   "task, sample rate, parameters, package, licence, installed")
+    teachers = _sub(commands, "teachers", "the registry of pretrained teachers: name, task, "
+                    "sample rate, parameters, package, licence, installed")
     teachers.set_defaults(handler=command_teachers)
 
-    bench = commands.add_parser("bench", help="kernel micro-benchmarks on this device")
+    bench = _sub(commands, "bench", "kernel micro-benchmarks on this device")
     bench.add_argument("--quick", action="store_true", help="smaller shapes")
-    bench.add_argument("--repeats", type=int, default=10)
-    bench.add_argument("--device", default=None)
+    bench.add_argument("--repeats", type=int, default=10, help="timed runs per case")
+    bench.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda "
+                       "when available)")
     bench.set_defaults(handler=command_bench)
     return parser
 
