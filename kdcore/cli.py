@@ -44,6 +44,7 @@ from kdcore.engine.config import (
     ObjectiveConfig,
     TeacherConfig,
 )
+from kdcore.errors import UserInputError
 
 EXIT_USAGE = 2
 SYNTHETIC = "synthetic"
@@ -58,7 +59,7 @@ RESUME_MAY_DIFFER = frozenset({"device", "no_progress", "config", "resume", "ove
                                "teacher", "workers"})
 
 
-class CLIError(ValueError):
+class CLIError(UserInputError):
     """A user mistake the command line reports in one line."""
 
 
@@ -539,10 +540,29 @@ def _fit(distiller, data: Data, args: argparse.Namespace, out: Path) -> None:
     print(f"last epoch: {shown}")
 
 
+CLI_TASKS = ("multiclass",)
+
+
+def check_task(args: argparse.Namespace) -> None:
+    """``--task`` must have a data format the command line reads."""
+    task = getattr(args, "task", "multiclass")
+    if task in CLI_TASKS:
+        return
+    if task in ("frame", "frame_multilabel", "regression"):
+        raise CLIError(f"--task {task}: the command line has no data format for per-frame or "
+                       "regression targets; train it from Python with kdcore.Trainer(model, "
+                       f"task={task!r}) or kdcore.Distiller(teacher, student, task={task!r}) "
+                       "and your own DataLoader (see docs/engine.md)")
+    raise CLIError(f"--task {task}: not wired to the command line yet (it needs a manifest "
+                   f"{'labels' if task == 'multilabel' else 'transcript'} column reader); use "
+                   f"kdcore.Trainer / kdcore.Distiller with task={task!r} from Python")
+
+
 def check_training_args(args: argparse.Namespace) -> None:
     """The numbers of a train/distill run, checked before anything is read or written."""
     import math
 
+    check_task(args)
     if args.epochs < 1:
         raise CLIError(f"--epochs must be at least 1, got {args.epochs}")
     if args.batch_size < 1:
@@ -809,6 +829,10 @@ def command_demo(args: argparse.Namespace) -> int:
     """Teacher, student alone and student with KD on SyntheticAudio (:mod:`kdcore.demo`)."""
     from kdcore.demo import run_demo
 
+    for path in guard_out(Path(args.out), DEMO_MARKERS, args.overwrite, "demo"):
+        for name in os.listdir(path):
+            target = path / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
     run_demo(quick=args.quick, out_dir=args.out, progress=not args.no_progress)
     return 0
 
@@ -987,18 +1011,34 @@ def command_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_cache_teacher(args: argparse.Namespace) -> int:
-    """Fill a teacher cache for ``distill --teacher-mode cached --cache-dir DIR``: teacher
-    logits of every training item's deterministic view (centre crop, log-mel)."""
-    _require(args, "data", "teacher", "out")
-    from tqdm import tqdm
+CACHE_MARKERS = ("meta.json", "filled.u8", "run.json", "cli_data.json")
+DEMO_MARKERS = ("results.json", "curves.png")
 
+
+def guard_out(out: Path, markers: tuple[str, ...], overwrite: bool, what: str) -> list[Path]:
+    """Refuse an ``--out`` that holds a finished ``what`` (any of ``markers``) unless
+    ``overwrite``; returns what ``--overwrite`` removes (written nothing yet)."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a folder")
+    found = [name for name in markers if (out / name).exists()]
+    if found and not overwrite:
+        raise CLIError(f"--out {out} already holds a {what} ({', '.join(found)}); pass "
+                       "--overwrite to replace it, or another --out")
+    return [out] if found else []
+
+
+def command_cache_teacher(args: argparse.Namespace) -> int:
+    """Fill a teacher cache for ``distill --teacher-mode cached --cache-dir DIR`` with
+    :func:`kdcore.engine.fill_teacher_cache`: teacher outputs of every training item's
+    deterministic view (centre crop, log-mel), keyed as the cached distill run keys it."""
+    _require(args, "data", "teacher", "out")
     from kdcore.data import SyntheticAudio, load_source
-    from kdcore.engine import TeacherCache
-    from kdcore.engine.checkpoint import fingerprint
+    from kdcore.engine import fill_teacher_cache
 
     out = Path(args.out)
     device = _device(args)
+    check_task(args)
+    remove = guard_out(out, CACHE_MARKERS, args.overwrite, "teacher cache")
     paths = teacher_paths(args)  # before the data loads: a missing checkpoint fails fast
     classes = (list(SyntheticAudio.classes) if str(args.data) == SYNTHETIC
                else load_source(args.data, skip_bad=args.skip_bad, check_audio=False,
@@ -1006,25 +1046,17 @@ def command_cache_teacher(args: argparse.Namespace) -> int:
     teacher = _load_teacher(paths, args, classes)
     data = load_data(args, deterministic_train=True)
     print(data.summary, flush=True)
+    for path in remove:
+        shutil.rmtree(path)
+        print(f"--overwrite: replaced the teacher cache in {out}", flush=True)
     write_skipped(out, data.skipped)
-    frontend = training_frontend(frontend_config(args), args, augment=False)
-    key = {"teacher": fingerprint(teacher.model), "frontend": fingerprint(frontend),
-           "taps": [], "task": "multiclass"}
-    cache = TeacherCache(out, key, len(data.train), 1, {"logits": (teacher.num_classes,)})
-    cache.prepare(explicit=True)
-    cache.open()
-    model = teacher.model.to(device).eval()
-    frontend = frontend.to(device).eval()
+    frontend = model_frontend(args, augment=False)
     loader = _loader(data.train, args.batch_size, shuffle=False)
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="teacher cache", disable=args.no_progress):
-            logits = model(frontend(batch.waveforms.to(device)))
-            cache.store(batch.indices, None, {"logits": logits})
-    cache.flush()
+    fill_teacher_cache(teacher.model, loader, out, teacher_frontend=frontend, task=args.task,
+                       device=device)
     (out / "cli_data.json").write_text(json.dumps(_jsonable(_data_key(args)), indent=1))
     write_run_record(out, "cache-teacher", args, device)
-    print(f"cached teacher logits of {len(data.train)} training items in {out} "
-          f"(filled {100 * cache.filled_fraction():.0f} %); use it with "
+    print(f"cached teacher outputs of {len(data.train)} training items in {out}; use it with "
           f"`kdcore distill --teacher-mode cached --cache-dir {out}`")
     return 0
 
@@ -1491,8 +1523,8 @@ def _typed_config_value(path: Path, key: object, value: object,
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kdcore`` console script and ``python -m kdcore``."""
-    from kdcore.data import AudioReadError, ManifestError
-    from kdcore.engine import CacheMismatchError
+    from kdcore.eval.metrics import MetricUnavailableError
+    from kdcore.teachers import TeacherUnavailableError
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1500,8 +1532,9 @@ def main(argv: list[str] | None = None) -> int:
         args = _apply_config(parser, argv)
         args.argv = argv
         return int(args.handler(args) or 0)
-    except (CLIError, FileNotFoundError, AudioReadError, ManifestError, CacheMismatchError,
-            ValueError, TypeError) as error:
+    except (UserInputError, FileNotFoundError, TeacherUnavailableError,
+            MetricUnavailableError) as error:
+        # User mistakes only: any other exception is internal and keeps its traceback.
         if os.environ.get("KDCORE_DEBUG") == "1":
             raise
         message = " ".join(str(error).split()) or type(error).__name__

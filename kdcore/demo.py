@@ -6,7 +6,8 @@ Plain training (the teacher, the student alone) uses :class:`kdcore.Trainer`, di
 :class:`kdcore.Distiller`: the same loop (AdamW, one-cycle LR, same batch size and seed; the
 students share epochs, learning rate and initialisation) and one frontend: random gain and
 shift on the waveform, log-mel, SpecAugment. The frontend output is shared by teacher and
-student, so the teacher always sees the student's exact augmented view. With ``mixup > 0`` the KD student trains on mixed clips and a
+student, so the teacher always sees the student's exact augmented view. With ``mixup > 0``
+the KD student trains on mixed clips and a
 "student alone + mixup" control joins the table; the KD gain is then taken over the better
 student alone."""
 

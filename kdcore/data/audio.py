@@ -18,13 +18,15 @@ import soxr
 import torch
 from torch.utils.data import Dataset
 
+from kdcore.errors import UserInputError
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 # The label of a clip without one: kdcore.Distiller trains on it with the distillation term
 # alone (an unlabelled transfer set, see Unlabelled).
 UNLABELLED = -1
 
 
-class AudioReadError(ValueError):
+class AudioReadError(UserInputError):
     """A file could not be read as audio (unreadable, corrupt or empty). Names the file."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:

@@ -35,9 +35,10 @@ from kdcore.data.splits import (
     split_from_column,
     stratified_split,
 )
+from kdcore.errors import UserInputError
 
 
-class ManifestError(ValueError):
+class ManifestError(UserInputError):
     """A manifest row or column is wrong (names the CSV and the row)."""
 
 
