@@ -238,6 +238,10 @@ def _labelled_data(args: argparse.Namespace, *, split: str, need_train: bool,
         if not 0.0 <= value < 1.0:
             raise CLIError(f"{flag} must be in [0, 1), got {value}")
     samples = clip_samples(args)
+    task = getattr(args, "task", "multiclass")
+    if str(args.data) == SYNTHETIC and task != "multiclass":
+        raise CLIError(f"--data synthetic is single-label; --task {task} needs a CSV manifest "
+                       "with a 'labels' column")
     if str(args.data) == SYNTHETIC:
         sizes = {"train": args.synthetic_size, "val": max(16, args.synthetic_size // 4),
                  "test": max(16, args.synthetic_size // 4)}
@@ -254,7 +258,7 @@ def _labelled_data(args: argparse.Namespace, *, split: str, need_train: bool,
                     f"SyntheticAudio: {counts} clips, {len(SyntheticAudio.classes)} classes",
                     validation=parts["val"] if need_train else None)
     source = load_source(args.data, skip_bad=args.skip_bad, decode=args.skip_bad,
-                         allow_duplicates=getattr(args, "allow_duplicates", False))
+                         allow_duplicates=getattr(args, "allow_duplicates", False), task=task)
     parts = source.split(group_column=args.group_split, test_fraction=args.test_fraction,
                          val_fraction=val_fraction, seed=args.seed)
     if split == "all":
@@ -311,7 +315,13 @@ def frontend_config(args: argparse.Namespace) -> dict:
 def build_model(name: str, num_classes: int, args: argparse.Namespace) -> nn.Module:
     from kdcore.models import create
 
-    kwargs = {"n_mels": args.n_mels, **parse_model_args(args.model_arg)}
+    kwargs = parse_model_args(args.model_arg)
+    if name == "hf":
+        if "path" not in kwargs:
+            raise CLIError("--model hf needs --model-arg path=DIR (a local Hugging Face "
+                           "audio-classification model directory)")
+    else:
+        kwargs = {"n_mels": args.n_mels, **kwargs}
     if args.width is not None:
         kwargs["width"] = args.width
     return create(name, num_classes, **kwargs)
@@ -512,13 +522,115 @@ def make_distiller(teacher: nn.Module, student: nn.Module, args: argparse.Namesp
 
 
 def task_metrics(task: str) -> dict | None:
-    """Extra validation metrics of ``task`` (none yet beyond the objective's own)."""
-    return None
+    """Extra validation metrics of ``task``: multilabel adds ``mAP`` and ``micro_ap``."""
+    if task != "multilabel":
+        return None
+    from kdcore.eval.metrics import mean_average_precision, micro_average_precision
+
+    return {"mAP": mean_average_precision, "micro_ap": micro_average_precision}
+
+
+@torch.no_grad()
+def tagging_report(frontend: nn.Module, model: nn.Module, dataset, class_names: list[str],
+                   batch_size: int, device: torch.device, out: Path, split: str) -> dict:
+    """Multilabel scores of ``model`` on ``dataset``: macro mAP, micro AP and micro/macro F1
+    of ``sigmoid(logits) >= 0.5``, and per-tag AP; printed and written to
+    ``out/report.json``."""
+    from kdcore.eval.metrics import (
+        average_precision,
+        f1_at_threshold,
+        mean_average_precision,
+        micro_average_precision,
+    )
+
+    frontend.to(device).eval()
+    model.to(device).eval()
+    scores, targets = [], []
+    for batch in _loader(dataset, batch_size, shuffle=False):
+        scores.append(torch.sigmoid(model(frontend(batch.waveforms.to(device)))).cpu())
+        targets.append(batch.labels)
+    probability, target = torch.cat(scores).double(), torch.cat(targets).double()
+    per_tag = average_precision(probability, target)
+    report = {"task": "multilabel", "split": split, "items": int(target.shape[0]),
+              "mAP": mean_average_precision(probability, target),
+              "micro_ap": micro_average_precision(probability, target),
+              "f1_micro@0.5": float(f1_at_threshold(probability, target)),
+              "f1_macro@0.5": float(f1_at_threshold(probability, target, average="macro")),
+              "ap_per_tag": {name: (None if value != value else float(value))
+                             for name, value in zip(class_names, per_tag.tolist(),
+                                                    strict=True)}}
+    print(" ".join(f"{key} {report[key]:.4f}" for key in
+                   ("mAP", "micro_ap", "f1_micro@0.5", "f1_macro@0.5")) +
+          f" on {report['items']} {split} clips")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.json"
+    _write_json_atomic(path, report)
+    print(f"wrote {path}")
+    return report
 
 
 def model_frontend(args: argparse.Namespace, augment: bool) -> nn.Module:
-    """The student's (or trained model's) frontend: log-mel, with augmentation."""
+    """The student's (or trained model's) frontend: log-mel, with augmentation; for
+    ``--model hf`` the model's own feature frontend (:func:`hf_frontend`)."""
+    if getattr(args, "model", None) == "hf" and args.command == "train":
+        return hf_frontend(parse_model_args(args.model_arg)["path"], args.sample_rate)
     return training_frontend(frontend_config(args), args, augment)
+
+
+def hf_frontend(path: str, sample_rate: int) -> nn.Module:
+    """The feature frontend of the local Hugging Face model ``path``
+    (:func:`kdcore.teachers.hf.frontend_for`), behind a :class:`kdcore.Resample` when the
+    data's ``sample_rate`` differs from the model's."""
+    from kdcore import Resample
+    from kdcore.teachers.hf import frontend_for
+
+    try:
+        frontend, rate = frontend_for(path)
+    except ValueError as error:
+        raise CLIError(f"--model-arg path={path}: {error}") from None
+    if rate == sample_rate:
+        return frontend
+    return nn.Sequential(Resample(sample_rate, rate), frontend)
+
+
+def registered_teacher(name: str, args: argparse.Namespace, classes: list[str]):
+    """``--teacher NAME`` of the registry (``kdcore teachers``) or ``hf:PATH``: its model,
+    and its own frontend behind a :class:`kdcore.Resample` from ``--sample-rate`` when the
+    rates differ. Only a teacher of the run's ``--task`` whose labels are the data's classes
+    fits; anything else is a :class:`CLIError` saying what to use."""
+    from kdcore import Resample, teachers
+
+    spec = teachers.spec(name)
+    if spec.task != args.task:
+        raise CLIError(f"--teacher {name} is a {spec.task} teacher and this run's --task is "
+                       f"{args.task}; the "
+                       "command line distils clip-level multiclass and multilabel teachers. "
+                       f"Use kdcore.teachers.load({name!r}) with kdcore.Distiller(bundle.model, "
+                       f"student, task={spec.task!r}, teacher_frontend=bundle.frontend) "
+                       "from Python")
+    bundle = teachers.load(name)
+    labels = list(bundle.output.labels) if bundle.output.labels else None
+    if (labels is not None and labels != classes) or bundle.output.size != len(classes):
+        raise CLIError(f"--teacher {name} predicts {bundle.output.size} classes "
+                       f"{(labels or [])[:6]} but --data has {len(classes)} classes "
+                       f"{classes[:6]}; the data's labels must be the teacher's")
+    frontend = bundle.frontend
+    if bundle.sample_rate != args.sample_rate:
+        print(f"note: resampling {args.sample_rate} Hz to the teacher's {bundle.sample_rate} Hz "
+              "on the device (kdcore.Resample)")
+        frontend = nn.Sequential(Resample(args.sample_rate, bundle.sample_rate), frontend)
+    return bundle, frontend
+
+
+def is_registered_teacher(values: object) -> bool:
+    """``--teacher`` names one registered teacher or ``hf:PATH`` (not a file)."""
+    from kdcore import teachers
+
+    items = values if isinstance(values, (list, tuple)) else [values]
+    if len(items) != 1:
+        return False
+    name = str(items[0])
+    return (name.startswith("hf:") or name in teachers.names()) and not Path(name).is_file()
 
 
 def _fit(distiller, data: Data, args: argparse.Namespace, out: Path) -> None:
@@ -540,7 +652,7 @@ def _fit(distiller, data: Data, args: argparse.Namespace, out: Path) -> None:
     print(f"last epoch: {shown}")
 
 
-CLI_TASKS = ("multiclass",)
+CLI_TASKS = ("multiclass", "multilabel")
 
 
 def check_task(args: argparse.Namespace) -> None:
@@ -553,9 +665,10 @@ def check_task(args: argparse.Namespace) -> None:
                        "regression targets; train it from Python with kdcore.Trainer(model, "
                        f"task={task!r}) or kdcore.Distiller(teacher, student, task={task!r}) "
                        "and your own DataLoader (see docs/engine.md)")
-    raise CLIError(f"--task {task}: not wired to the command line yet (it needs a manifest "
-                   f"{'labels' if task == 'multilabel' else 'transcript'} column reader); use "
-                   f"kdcore.Trainer / kdcore.Distiller with task={task!r} from Python")
+    raise CLIError(f"--task {task}: no model of the command line's zoo outputs per-frame "
+                   "log-probabilities (B, T, C), which ctc needs; train it from Python with "
+                   f"kdcore.Trainer(model, task={task!r}) or kdcore.Distiller(teacher, "
+                   f"student, task={task!r}) and a loader of transcripts (see docs/engine.md)")
 
 
 def check_training_args(args: argparse.Namespace) -> None:
@@ -792,14 +905,22 @@ def _finish_training(engine, model: nn.Module, data: Data, args: argparse.Namesp
     from kdcore.checkpoints import build_frontend, save_model_checkpoint
 
     _final_weights(engine, model)
-    meta = {**meta, "ema": args.ema}
+    meta = {**meta, "ema": args.ema, "task": args.task}
     path = save_model_checkpoint(out / "model.pt", model, class_names=data.class_names,
                                  frontend=frontend_config(args), clip_samples=clip_samples(args),
                                  meta=meta)
     print(f"saved {kind} checkpoint {path}{' (EMA weights)' if args.ema else ''}")
     _save_best(engine, model, data, args, out, meta)
-    labels, predictions = predict(build_frontend(frontend_config(args), args.backend), model,
-                                  data.evaluation, args.batch_size, _device(args),
+    frontend = (model_frontend(args, augment=False) if args.model_arg is not None
+                and getattr(args, "model", None) == "hf" else
+                build_frontend(frontend_config(args), args.backend))
+    if args.task == "multilabel":
+        tagging_report(frontend, model,
+                       data.evaluation, data.class_names, args.batch_size, _device(args), out,
+                       data.evaluation_split)
+        return
+    labels, predictions = predict(frontend, model, data.evaluation, args.batch_size,
+                                  _device(args),
                                   not args.no_progress)
     write_report(labels, predictions, data.class_names, out,
                  f"{model.model_name}: {data.evaluation_split} split")
@@ -939,11 +1060,19 @@ def command_distill(args: argparse.Namespace) -> int:
     _device(args)
     check_training_args(args)
     plan = plan_run(args)
-    paths = teacher_paths(args)  # before the data loads: a missing checkpoint fails fast
+    registered = is_registered_teacher(args.teacher)
+    paths = ([str(args.teacher[0] if isinstance(args.teacher, (list, tuple)) else args.teacher)]
+             if registered else teacher_paths(args))  # a missing checkpoint fails fast
     classes = (list(SyntheticAudio.classes) if str(args.data) == SYNTHETIC
                else load_source(args.data, skip_bad=args.skip_bad, check_audio=False,
-                                allow_duplicates=args.allow_duplicates).classes)
-    teacher = _load_teacher(paths, args, classes)
+                                allow_duplicates=args.allow_duplicates,
+                                task=args.task).classes)
+    teacher_frontend = None
+    if registered:
+        bundle, teacher_frontend = registered_teacher(paths[0], args, classes)
+        teacher = argparse.Namespace(model=bundle.model, model_name=bundle.name)
+    else:
+        teacher = _load_teacher(paths, args, classes)
     check_frontend(args)
     cached = args.teacher_mode == "cached"
     data = load_data(args, deterministic_train=cached)
@@ -958,10 +1087,12 @@ def command_distill(args: argparse.Namespace) -> int:
     distiller = make_distiller(teacher.model, student, args,
                                augment=not (args.no_augment or cached),
                                teacher_mode=args.teacher_mode, feature_pairs=pairs,
-                               feature_weight=weight, cache_dir=cache_dir)
+                               feature_weight=weight, cache_dir=cache_dir,
+                               teacher_frontend=teacher_frontend)
     check_resume(plan, args, student, distiller)
     start_run(plan, "distill", args, data)
-    print(f"teacher {teacher.model_name}: {teacher.model.num_parameters():,} parameters; "
+    teacher_size = sum(p.numel() for p in teacher.model.parameters())
+    print(f"teacher {teacher.model_name}: {teacher_size:,} parameters; "
           f"student {args.student}: {student.num_parameters():,} parameters", flush=True)
     run_training(plan, distiller, data, args)
     _finish_training(distiller, student, data, args, plan.out, "student",
@@ -993,6 +1124,8 @@ def command_eval(args: argparse.Namespace) -> int:
     checkpoint = load_model_checkpoint(args.model)
     args.sample_rate = checkpoint.sample_rate
     args.clip_seconds = checkpoint.clip_samples / checkpoint.sample_rate
+    args.task = checkpoint.meta.get("task", "multiclass") if isinstance(
+        checkpoint.meta, dict) else "multiclass"
     data = load_data(args, split=args.split, need_train=False)
     if data.class_names != checkpoint.class_names:
         raise CLIError(f"{args.model} was trained on {checkpoint.num_classes} classes "
@@ -1003,7 +1136,14 @@ def command_eval(args: argparse.Namespace) -> int:
     write_run_record(out, "eval", args, device)
     write_skipped(out, data.skipped)
     print(data.summary, flush=True)
-    labels, predictions = predict(checkpoint.build_frontend(args.backend), checkpoint.model,
+    frontend = (hf_frontend(checkpoint.model_kwargs["path"], checkpoint.sample_rate)
+                if checkpoint.model_name == "hf" else checkpoint.build_frontend(args.backend))
+    if args.task == "multilabel":
+        tagging_report(frontend, checkpoint.model,
+                       data.evaluation, data.class_names, args.batch_size, device, out,
+                       args.split)
+        return 0
+    labels, predictions = predict(frontend, checkpoint.model,
                                   data.evaluation, args.batch_size, device,
                                   not args.no_progress)
     write_report(labels, predictions, data.class_names, out,
@@ -1042,7 +1182,8 @@ def command_cache_teacher(args: argparse.Namespace) -> int:
     paths = teacher_paths(args)  # before the data loads: a missing checkpoint fails fast
     classes = (list(SyntheticAudio.classes) if str(args.data) == SYNTHETIC
                else load_source(args.data, skip_bad=args.skip_bad, check_audio=False,
-                                allow_duplicates=args.allow_duplicates).classes)
+                                allow_duplicates=args.allow_duplicates,
+                                task=args.task).classes)
     teacher = _load_teacher(paths, args, classes)
     data = load_data(args, deterministic_train=True)
     print(data.summary, flush=True)

@@ -188,3 +188,115 @@ def test_demo_mixup_control_trains_differently(tmp_path: Path) -> None:
     differing = [k for k in floats if not torch.equal(weights["alone"][k],
                                                       weights["alone_mixup"][k])]
     assert differing, "mixup=0.4 trained exactly like mixup=0"
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Multilabel manifest: clips holding a low tone, a high tone, both or neither (tags
+    ``low;high``), 6 of each kind, rows 0-3 train, 4 val, 5 test."""
+    root = tmp_path_factory.mktemp("tagged")
+    rng = np.random.default_rng(1)
+    t = np.arange(2400) / RATE
+    rows = ["path,labels,split"]
+    for kind, tags in enumerate(("low", "high", "low;high", "")):
+        for item in range(6):
+            wave = 0.05 * rng.standard_normal(t.size)
+            if "low" in tags:
+                wave += 0.3 * np.sin(2 * np.pi * 300.0 * t)
+            if "high" in tags:
+                wave += 0.3 * np.sin(2 * np.pi * 2000.0 * t)
+            name = f"k{kind}_{item}.wav"
+            soundfile.write(root / name, wave.astype(np.float32), RATE)
+            rows.append(f"{name},{tags},{'train' if item < 4 else 'val' if item == 4 else 'test'}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root / "manifest.csv"
+
+
+def test_multilabel_train_eval_distill(tagged: Path, data: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    from sklearn.metrics import average_precision_score
+
+    from kdcore.checkpoints import load_model_checkpoint
+    from kdcore.data import collate_audio, load_source
+
+    out = tmp_path / "tagger"
+    assert cli.main(["train", "--data", str(tagged), "--task", "multilabel", "--out", str(out),
+                     "--epochs", "2", *SIZES]) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    checkpoint = load_model_checkpoint(out / "model.pt")
+    assert checkpoint.class_names == ["high", "low"] and checkpoint.meta["task"] == "multilabel"
+    # the report's mAP against scikit-learn on the model's own test-split scores
+    source = load_source(tagged, task="multilabel")
+    test = [i for i, record in enumerate(source.records) if record.split == "test"]
+    batch = collate_audio([source.dataset(test, sample_rate=RATE, clip_samples=2000)[i]
+                           for i in range(len(test))])
+    with torch.no_grad():
+        scores = torch.sigmoid(checkpoint.model(checkpoint.build_frontend("reference")(
+            batch.waveforms))).double().numpy()
+    targets = batch.labels.numpy()
+    assert targets.tolist().count([1.0, 1.0]) == 1 and targets.tolist().count([0.0, 0.0]) == 1
+    assert report["items"] == 4
+    assert report["mAP"] == pytest.approx(average_precision_score(targets, scores), abs=1e-9)
+    assert report["micro_ap"] == pytest.approx(
+        average_precision_score(targets, scores, average="micro"), abs=1e-9)
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_mAP" in e for e in epochs if e.get("event") == "epoch")
+
+    evaluated = tmp_path / "eval"
+    assert cli.main(["eval", "--data", str(tagged), "--model", str(out / "model.pt"),
+                     "--out", str(evaluated), "--backend", "reference", "--no-progress"]) == 0
+    assert json.loads((evaluated / "report.json").read_text())["mAP"] == report["mAP"]
+
+    student = tmp_path / "student"
+    assert cli.main(["distill", "--data", str(tagged), "--task", "multilabel", "--teacher",
+                     str(out / "model.pt"), "--student", "student_dscnn", "--out",
+                     str(student), "--epochs", "1", *SIZES[:-4], "--width", "4"]) == 0
+    assert json.loads((student / "report.json").read_text())["task"] == "multilabel"
+
+    capsys.readouterr()
+    folder = data.parent
+    (folder / "cls").mkdir(exist_ok=True)
+    assert cli.main(["train", "--data", str(folder), "--task", "multilabel", "--out",
+                     str(tmp_path / "x"), *SIZES]) == 2
+    assert "'labels' column" in _error_line(capsys)
+    assert cli.main(["train", "--data", str(data), "--task", "multilabel", "--out",
+                     str(tmp_path / "x"), *SIZES]) == 2
+    assert "'labels'" in _error_line(capsys)
+    assert cli.main(["train", "--data", str(data), "--task", "ctc", "--out",
+                     str(tmp_path / "x"), *SIZES]) == 2
+    assert "kdcore.Trainer" in _error_line(capsys)
+
+
+def test_hf_model_and_registered_teachers(data: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    """``train --model hf`` uses the model's own frontend (16 kHz, resampled from the data's
+    8 kHz); ``distill --teacher hf:PATH`` distils it into a log-mel student; a registered
+    teacher of another task is one line naming the API to use."""
+    transformers = pytest.importorskip("transformers")
+    directory = tmp_path / "ast"
+    config = transformers.ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=64, num_mel_bins=32, max_length=48,
+                                    frequency_stride=16, time_stride=16, num_labels=2,
+                                    id2label={0: "high", 1: "low"},
+                                    label2id={"high": 0, "low": 1})
+    torch.manual_seed(0)
+    transformers.ASTForAudioClassification(config).save_pretrained(directory)
+    transformers.ASTFeatureExtractor(num_mel_bins=32, max_length=48).save_pretrained(directory)
+    out = tmp_path / "hf"
+    sizes = SIZES[:-4]
+    assert cli.main(["train", "--data", str(data), "--model", "hf", "--model-arg",
+                     f"path={directory}", "--out", str(out), "--epochs", "1",
+                     *sizes]) == 0, capsys.readouterr().err
+    assert (out / "model.pt").is_file() and (out / "report.json").is_file()
+
+    student = tmp_path / "student"
+    assert cli.main(["distill", "--data", str(data), "--teacher", f"hf:{directory}",
+                     "--student", "student_dscnn", "--width", "4", "--out", str(student),
+                     "--epochs", "1", *sizes]) == 0, capsys.readouterr().err
+    assert "resampling 8000 Hz to the teacher's 16000 Hz" in capsys.readouterr().out
+    assert (student / "model.pt").is_file()
+
+    assert cli.main(["distill", "--data", str(data), "--teacher", "crepe-tiny", "--student",
+                     "student_dscnn", "--out", str(tmp_path / "x"), *sizes]) == 2
+    line = _error_line(capsys)
+    assert "frame_multilabel" in line and "kdcore.Distiller" in line

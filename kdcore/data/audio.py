@@ -35,10 +35,11 @@ class AudioReadError(UserInputError):
 
 
 class AudioExample(NamedTuple):
-    """One item: ``waveform`` float32 (T,), ``label`` int, ``index`` int (position in the set)."""
+    """One item: ``waveform`` float32 (T,), ``label`` int (or a float32 (C,) multi-hot tensor
+    for multilabel data), ``index`` int (position in the set)."""
 
     waveform: torch.Tensor
-    label: int
+    label: int | torch.Tensor
     index: int
 
 
@@ -178,7 +179,10 @@ def collate_audio(batch: Sequence[AudioExample]) -> AudioBatch:
     waveforms = torch.zeros(len(batch), int(lengths.max()), dtype=torch.float32)
     for row, item in enumerate(batch):
         waveforms[row, : item[0].shape[-1]] = item[0]
-    labels = torch.tensor([int(item[1]) for item in batch], dtype=torch.long)
+    if isinstance(batch[0][1], torch.Tensor):  # multi-hot targets (B, C) float32
+        labels = torch.stack([torch.as_tensor(item[1], dtype=torch.float32) for item in batch])
+    else:
+        labels = torch.tensor([int(item[1]) for item in batch], dtype=torch.long)
     indices = torch.tensor([int(item[2]) for item in batch], dtype=torch.long)
     return AudioBatch(waveforms, labels, indices, lengths)
 
@@ -217,7 +221,8 @@ class AudioFileDataset(Dataset):
 
     Args:
         paths: audio files (WAV/FLAC/OGG).
-        labels: class index per file.
+        labels: class index per file, or a float32 (C,) multi-hot tensor per file
+            (multilabel).
         sample_rate: target rate in Hz (soxr resampling).
         clip_samples: fixed output length; None keeps each clip's length (use
             :func:`collate_audio`).
@@ -238,7 +243,8 @@ class AudioFileDataset(Dataset):
         if clip_samples is not None and (not isinstance(clip_samples, int) or clip_samples < 1):
             raise ValueError(f"clip_samples must be a positive int or None, got {clip_samples!r}")
         self.paths = [Path(p) for p in paths]
-        self.labels = [int(label) for label in labels]
+        self.labels = [label if isinstance(label, torch.Tensor) else int(label)
+                       for label in labels]
         self.sample_rate, self.clip_samples, self.train = sample_rate, clip_samples, train
         self.generator = generator
         self._cache: list[torch.Tensor] | None = None
