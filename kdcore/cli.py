@@ -1,7 +1,10 @@
 """The ``kdcore`` command line: demo, train, distill, eval, cache-teacher, export, bench.
 
 ``--data`` is a folder with one subfolder per class, a CSV manifest (``path,label[,split]
-[,group]``) or the word ``synthetic`` (the embedded :class:`kdcore.data.SyntheticAudio`).
+[,group]``; ``path,labels`` with ``;``-separated tags for ``--task multilabel``) or the word
+``synthetic`` (the embedded :class:`kdcore.data.SyntheticAudio`). ``train`` is
+:class:`kdcore.Trainer`, ``distill`` :class:`kdcore.Distiller`; the loop flags and their
+defaults come from :class:`kdcore.engine.config.LoopConfig` (``--help`` shows them).
 ``--config FILE.yaml`` holds defaults whose keys mirror the long flags (``clip-seconds`` or
 ``clip_seconds``) and take the flag's type; flags given on the command line win.
 
@@ -12,8 +15,9 @@ checked; then ``run.json`` (the resolved configuration, the environment and the 
 written atomically, and a resume appends its invocation to the record's ``resumes`` list.
 ``--seed`` seeds everything before the model is built: the same command on the same machine
 and thread count gives bitwise-identical weights on the CPU (see docs/cli.md).
-User mistakes end with one ``kdcore: error: ...`` line on stderr and exit code 2
-(``KDCORE_DEBUG=1`` shows the traceback instead).
+User mistakes (:class:`kdcore.errors.UserInputError`, a missing file or package) end with one
+``kdcore: error: ...`` line on stderr and exit code 2 (``KDCORE_DEBUG=1`` shows the traceback
+instead); internal errors keep their traceback.
 """
 
 from __future__ import annotations
@@ -676,6 +680,9 @@ def check_training_args(args: argparse.Namespace) -> None:
     import math
 
     check_task(args)
+    if getattr(args, "unlabelled", None) and args.task != "multiclass":
+        raise CLIError(f"--unlabelled works with --task multiclass only for now (got --task "
+                       f"{args.task})")
     if args.epochs < 1:
         raise CLIError(f"--epochs must be at least 1, got {args.epochs}")
     if args.batch_size < 1:
