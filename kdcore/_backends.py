@@ -24,6 +24,8 @@ from types import ModuleType
 
 import torch
 
+from kdcore.errors import UserInputError
+
 BACKENDS = ("auto", "triton", "cpp", "reference")
 CPP_LIBRARY = "kdcore_cpp"
 TRITON_LAUNCHERS = "kdcore.kernels.launchers"
@@ -62,7 +64,7 @@ _source_package("kernels", "kernels")
 _source_package("csrc", "csrc")
 
 
-class BackendUnavailableError(ValueError):
+class BackendUnavailableError(UserInputError):
     """The requested backend cannot run these tensors; the message says why."""
 
 

@@ -17,11 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdcore.errors import UserInputError
+
 FORMAT = "kdcore-model"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError):
     """A file is not a kdcore model checkpoint, or its weights do not fit the model it names."""
 
 

@@ -1,7 +1,10 @@
 """The ``kdcore`` command line: demo, train, distill, eval, cache-teacher, export, bench.
 
 ``--data`` is a folder with one subfolder per class, a CSV manifest (``path,label[,split]
-[,group]``) or the word ``synthetic`` (the embedded :class:`kdcore.data.SyntheticAudio`).
+[,group]``; ``path,labels`` with ``;``-separated tags for ``--task multilabel``) or the word
+``synthetic`` (the embedded :class:`kdcore.data.SyntheticAudio`). ``train`` is
+:class:`kdcore.Trainer`, ``distill`` :class:`kdcore.Distiller`; the loop flags and their
+defaults come from :class:`kdcore.engine.config.LoopConfig` (``--help`` shows them).
 ``--config FILE.yaml`` holds defaults whose keys mirror the long flags (``clip-seconds`` or
 ``clip_seconds``) and take the flag's type; flags given on the command line win.
 
@@ -12,8 +15,9 @@ checked; then ``run.json`` (the resolved configuration, the environment and the 
 written atomically, and a resume appends its invocation to the record's ``resumes`` list.
 ``--seed`` seeds everything before the model is built: the same command on the same machine
 and thread count gives bitwise-identical weights on the CPU (see docs/cli.md).
-User mistakes end with one ``kdcore: error: ...`` line on stderr and exit code 2
-(``KDCORE_DEBUG=1`` shows the traceback instead).
+User mistakes (:class:`kdcore.errors.UserInputError`, a missing file or package) end with one
+``kdcore: error: ...`` line on stderr and exit code 2 (``KDCORE_DEBUG=1`` shows the traceback
+instead); internal errors keep their traceback.
 """
 
 from __future__ import annotations
@@ -34,12 +38,23 @@ import torch
 from torch import nn
 
 from kdcore import defaults
+from kdcore.engine.config import (
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    TASKS,
+    TEACHER_MODES,
+    LoopConfig,
+    ObjectiveConfig,
+    TeacherConfig,
+)
+from kdcore.errors import UserInputError
 
 EXIT_USAGE = 2
 SYNTHETIC = "synthetic"
 # What marks a folder as holding a run, and what --overwrite removes (nothing else).
 RUN_MARKERS = ("run.json", "model.pt", "checkpoints", "metrics.jsonl")
-RUN_ARTEFACTS = (*RUN_MARKERS, "report.json", "confusion.png", "skipped.txt",
+RUN_ARTEFACTS = (*RUN_MARKERS, "best.pt", "report.json", "confusion.png", "skipped.txt",
                  "teacher_cache", "tensorboard")
 # Settings a resume may change: they do not change what is trained. ``epochs`` follows the
 # engine's policy for a longer run; every other setting must match the original run.
@@ -48,7 +63,7 @@ RESUME_MAY_DIFFER = frozenset({"device", "no_progress", "config", "resume", "ove
                                "teacher", "workers"})
 
 
-class CLIError(ValueError):
+class CLIError(UserInputError):
     """A user mistake the command line reports in one line."""
 
 
@@ -227,6 +242,10 @@ def _labelled_data(args: argparse.Namespace, *, split: str, need_train: bool,
         if not 0.0 <= value < 1.0:
             raise CLIError(f"{flag} must be in [0, 1), got {value}")
     samples = clip_samples(args)
+    task = getattr(args, "task", "multiclass")
+    if str(args.data) == SYNTHETIC and task != "multiclass":
+        raise CLIError(f"--data synthetic is single-label; --task {task} needs a CSV manifest "
+                       "with a 'labels' column")
     if str(args.data) == SYNTHETIC:
         sizes = {"train": args.synthetic_size, "val": max(16, args.synthetic_size // 4),
                  "test": max(16, args.synthetic_size // 4)}
@@ -243,7 +262,7 @@ def _labelled_data(args: argparse.Namespace, *, split: str, need_train: bool,
                     f"SyntheticAudio: {counts} clips, {len(SyntheticAudio.classes)} classes",
                     validation=parts["val"] if need_train else None)
     source = load_source(args.data, skip_bad=args.skip_bad, decode=args.skip_bad,
-                         allow_duplicates=getattr(args, "allow_duplicates", False))
+                         allow_duplicates=getattr(args, "allow_duplicates", False), task=task)
     parts = source.split(group_column=args.group_split, test_fraction=args.test_fraction,
                          val_fraction=val_fraction, seed=args.seed)
     if split == "all":
@@ -300,7 +319,13 @@ def frontend_config(args: argparse.Namespace) -> dict:
 def build_model(name: str, num_classes: int, args: argparse.Namespace) -> nn.Module:
     from kdcore.models import create
 
-    kwargs = {"n_mels": args.n_mels, **parse_model_args(args.model_arg)}
+    kwargs = parse_model_args(args.model_arg)
+    if name == "hf":
+        if "path" not in kwargs:
+            raise CLIError("--model hf needs --model-arg path=DIR (a local Hugging Face "
+                           "audio-classification model directory)")
+    else:
+        kwargs = {"n_mels": args.n_mels, **kwargs}
     if args.width is not None:
         kwargs["width"] = args.width
     return create(name, num_classes, **kwargs)
@@ -427,22 +452,189 @@ def write_report(labels: torch.Tensor, predictions: torch.Tensor, class_names: l
     return report
 
 
+LOOP_FLAGS = ("optimizer", "lr", "weight_decay", "schedule", "grad_accum", "precision",
+              "compile", "clip_grad_norm", "ema", "best_metric", "best_mode", "patience",
+              "seed")
+
+
+def _user_config(cls: type, **values: object):
+    """``cls(**values)`` (a config dataclass); its validation errors name the field and are
+    user mistakes here, so they become a :class:`CLIError` naming the flag."""
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as error:
+        text = str(error)
+        for name in values:
+            if text.startswith(name):
+                text = f"--{name.replace('_', '-')}{text[len(name):]}"
+                break
+        raise CLIError(text) from None
+
+
+def loop_config(args: argparse.Namespace) -> LoopConfig:
+    """The :class:`LoopConfig` of a train/distill run from its loop flags."""
+    values = {name: getattr(args, name) for name in LOOP_FLAGS}
+    return _user_config(LoopConfig, **values, device=str(_device(args)), checkpoint_every=0,
+                        progress=not args.no_progress)
+
+
+def objective_config(args: argparse.Namespace, *, alpha: float | None = None,
+                     temperature: float | None = None) -> ObjectiveConfig:
+    """The :class:`ObjectiveConfig` of a train/distill run."""
+    extra = {} if alpha is None else {"alpha": alpha, "temperature": temperature}
+    return _user_config(ObjectiveConfig, task=args.task, mixup=args.mixup,
+                        loss_backend=args.backend, **extra)
+
+
+def make_trainer(model: nn.Module, args: argparse.Namespace, *, augment: bool):
+    """The :class:`kdcore.Trainer` of a train run (plain supervised training, weights saved
+    under ``"model"``), built and so checked before anything is written to ``--out``."""
+    from kdcore import Trainer
+
+    objective = objective_config(args)
+    frontend = model_frontend(args, augment)
+    return Trainer(model, task=objective.task, frontend=frontend, mixup=objective.mixup,
+                   loss_backend=objective.loss_backend, metrics=task_metrics(args.task),
+                   config=loop_config(args))
+
+
 def make_distiller(teacher: nn.Module, student: nn.Module, args: argparse.Namespace, *,
-                   alpha: float, temperature: float, augment: bool,
-                   teacher_mode: str = "online",
+                   augment: bool, teacher_mode: str = "online",
                    feature_pairs: list[tuple[str, str]] | None = None,
-                   feature_weight: float = 0.0, cache_dir: Path | None = None):
-    """The :class:`kdcore.Distiller` of a train/distill run (built, and so checked, before
-    anything is written to ``--out``)."""
+                   feature_weight: float = 0.0, cache_dir: Path | None = None,
+                   teacher_frontend: nn.Module | None = None):
+    """The :class:`kdcore.Distiller` of a distill run (built, and so checked, before
+    anything is written to ``--out``). ``teacher_frontend`` [None: the student's]."""
     from kdcore import Distiller
 
-    frontend = training_frontend(frontend_config(args), args, augment)
-    return Distiller(teacher, student, frontend=frontend, temperature=temperature,
-                     alpha=alpha, lr=args.lr, schedule="onecycle", seed=args.seed,
-                     device=_device(args), checkpoint_every=0, progress=not args.no_progress,
-                     teacher_mode=teacher_mode, feature_pairs=feature_pairs,
-                     feature_weight=feature_weight, cache_dir=cache_dir,
-                     loss_backend=args.backend, mixup=args.mixup)
+    objective = objective_config(args, alpha=args.alpha, temperature=args.temperature)
+    teacher_config = _user_config(TeacherConfig, teacher_mode=teacher_mode,
+                                  feature_pairs=tuple(feature_pairs or ()),
+                                  feature_weight=feature_weight, cache_dir=cache_dir)
+    loop = loop_config(args)
+    frontend = model_frontend(args, augment)
+    fronts = ({"frontend": frontend} if teacher_frontend is None else
+              {"teacher_frontend": teacher_frontend, "student_frontend": frontend})
+    return Distiller(teacher, student, **fronts, task=objective.task,
+                     temperature=objective.temperature, alpha=objective.alpha,
+                     mixup=objective.mixup, loss_backend=objective.loss_backend,
+                     metrics=task_metrics(args.task),
+                     **{k: v for k, v in teacher_config.to_dict().items()
+                        if k in ("teacher_mode", "feature_pairs", "feature_weight",
+                                 "cache_dir") and v is not None},
+                     **loop.to_dict())
+
+
+def task_metrics(task: str) -> dict | None:
+    """Extra validation metrics of ``task``: multilabel adds ``mAP`` and ``micro_ap``."""
+    if task != "multilabel":
+        return None
+    from kdcore.eval.metrics import mean_average_precision, micro_average_precision
+
+    return {"mAP": mean_average_precision, "micro_ap": micro_average_precision}
+
+
+@torch.no_grad()
+def tagging_report(frontend: nn.Module, model: nn.Module, dataset, class_names: list[str],
+                   batch_size: int, device: torch.device, out: Path, split: str) -> dict:
+    """Multilabel scores of ``model`` on ``dataset``: macro mAP, micro AP and micro/macro F1
+    of ``sigmoid(logits) >= 0.5``, and per-tag AP; printed and written to
+    ``out/report.json``."""
+    from kdcore.eval.metrics import (
+        average_precision,
+        f1_at_threshold,
+        mean_average_precision,
+        micro_average_precision,
+    )
+
+    frontend.to(device).eval()
+    model.to(device).eval()
+    scores, targets = [], []
+    for batch in _loader(dataset, batch_size, shuffle=False):
+        scores.append(torch.sigmoid(model(frontend(batch.waveforms.to(device)))).cpu())
+        targets.append(batch.labels)
+    probability, target = torch.cat(scores).double(), torch.cat(targets).double()
+    per_tag = average_precision(probability, target)
+    report = {"task": "multilabel", "split": split, "items": int(target.shape[0]),
+              "mAP": mean_average_precision(probability, target),
+              "micro_ap": micro_average_precision(probability, target),
+              "f1_micro@0.5": float(f1_at_threshold(probability, target)),
+              "f1_macro@0.5": float(f1_at_threshold(probability, target, average="macro")),
+              "ap_per_tag": {name: (None if value != value else float(value))
+                             for name, value in zip(class_names, per_tag.tolist(),
+                                                    strict=True)}}
+    print(" ".join(f"{key} {report[key]:.4f}" for key in
+                   ("mAP", "micro_ap", "f1_micro@0.5", "f1_macro@0.5")) +
+          f" on {report['items']} {split} clips")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.json"
+    _write_json_atomic(path, report)
+    print(f"wrote {path}")
+    return report
+
+
+def model_frontend(args: argparse.Namespace, augment: bool) -> nn.Module:
+    """The student's (or trained model's) frontend: log-mel, with augmentation; for
+    ``--model hf`` the model's own feature frontend (:func:`hf_frontend`)."""
+    if getattr(args, "model", None) == "hf" and args.command == "train":
+        return hf_frontend(parse_model_args(args.model_arg)["path"], args.sample_rate)
+    return training_frontend(frontend_config(args), args, augment)
+
+
+def hf_frontend(path: str, sample_rate: int) -> nn.Module:
+    """The feature frontend of the local Hugging Face model ``path``
+    (:func:`kdcore.teachers.hf.frontend_for`), behind a :class:`kdcore.Resample` when the
+    data's ``sample_rate`` differs from the model's."""
+    from kdcore import Resample
+    from kdcore.teachers.hf import frontend_for
+
+    try:
+        frontend, rate = frontend_for(path)
+    except ValueError as error:
+        raise CLIError(f"--model-arg path={path}: {error}") from None
+    if rate == sample_rate:
+        return frontend
+    return nn.Sequential(Resample(sample_rate, rate), frontend)
+
+
+def registered_teacher(name: str, args: argparse.Namespace, classes: list[str]):
+    """``--teacher NAME`` of the registry (``kdcore teachers``) or ``hf:PATH``: its model,
+    and its own frontend behind a :class:`kdcore.Resample` from ``--sample-rate`` when the
+    rates differ. Only a teacher of the run's ``--task`` whose labels are the data's classes
+    fits; anything else is a :class:`CLIError` saying what to use."""
+    from kdcore import Resample, teachers
+
+    spec = teachers.spec(name)
+    if spec.task != args.task:
+        raise CLIError(f"--teacher {name} is a {spec.task} teacher and this run's --task is "
+                       f"{args.task}; the "
+                       "command line distils clip-level multiclass and multilabel teachers. "
+                       f"Use kdcore.teachers.load({name!r}) with kdcore.Distiller(bundle.model, "
+                       f"student, task={spec.task!r}, teacher_frontend=bundle.frontend) "
+                       "from Python")
+    bundle = teachers.load(name)
+    labels = list(bundle.output.labels) if bundle.output.labels else None
+    if (labels is not None and labels != classes) or bundle.output.size != len(classes):
+        raise CLIError(f"--teacher {name} predicts {bundle.output.size} classes "
+                       f"{(labels or [])[:6]} but --data has {len(classes)} classes "
+                       f"{classes[:6]}; the data's labels must be the teacher's")
+    frontend = bundle.frontend
+    if bundle.sample_rate != args.sample_rate:
+        print(f"note: resampling {args.sample_rate} Hz to the teacher's {bundle.sample_rate} Hz "
+              "on the device (kdcore.Resample)")
+        frontend = nn.Sequential(Resample(args.sample_rate, bundle.sample_rate), frontend)
+    return bundle, frontend
+
+
+def is_registered_teacher(values: object) -> bool:
+    """``--teacher`` names one registered teacher or ``hf:PATH`` (not a file)."""
+    from kdcore import teachers
+
+    items = values if isinstance(values, (list, tuple)) else [values]
+    if len(items) != 1:
+        return False
+    name = str(items[0])
+    return (name.startswith("hf:") or name in teachers.names()) and not Path(name).is_file()
 
 
 def _fit(distiller, data: Data, args: argparse.Namespace, out: Path) -> None:
@@ -451,17 +643,46 @@ def _fit(distiller, data: Data, args: argparse.Namespace, out: Path) -> None:
     train_loader = _loader(data.train, args.batch_size, shuffle=True)
     val_loader = (_loader(data.validation, args.batch_size, shuffle=False)
                   if data.validation is not None else None)
-    history = distiller.fit(train_loader, val_loader, epochs=args.epochs, out_dir=out,
-                            resume=args.resume)
+    try:
+        history = distiller.fit(train_loader, val_loader, epochs=args.epochs, out_dir=out,
+                                resume=args.resume)
+    except ValueError as error:
+        # The engine refuses another ``epochs`` for a planned (onecycle/cosine) schedule.
+        if args.resume and str(error).startswith("epochs="):
+            raise CLIError(f"--resume with --epochs {args.epochs}: {error}") from None
+        raise
     last = history.epochs[-1] if history.epochs else {}
     shown = {k: round(v, 4) for k, v in last.items() if isinstance(v, float)}
     print(f"last epoch: {shown}")
+
+
+CLI_TASKS = ("multiclass", "multilabel")
+
+
+def check_task(args: argparse.Namespace) -> None:
+    """``--task`` must have a data format the command line reads."""
+    task = getattr(args, "task", "multiclass")
+    if task in CLI_TASKS:
+        return
+    if task in ("frame", "frame_multilabel", "regression"):
+        raise CLIError(f"--task {task}: the command line has no data format for per-frame or "
+                       "regression targets; train it from Python with kdcore.Trainer(model, "
+                       f"task={task!r}) or kdcore.Distiller(teacher, student, task={task!r}) "
+                       "and your own DataLoader (see docs/engine.md)")
+    raise CLIError(f"--task {task}: no model of the command line's zoo outputs per-frame "
+                   "log-probabilities (B, T, C), which ctc needs; train it from Python with "
+                   f"kdcore.Trainer(model, task={task!r}) or kdcore.Distiller(teacher, "
+                   f"student, task={task!r}) and a loader of transcripts (see docs/engine.md)")
 
 
 def check_training_args(args: argparse.Namespace) -> None:
     """The numbers of a train/distill run, checked before anything is read or written."""
     import math
 
+    check_task(args)
+    if getattr(args, "unlabelled", None) and args.task != "multiclass":
+        raise CLIError(f"--unlabelled works with --task multiclass only for now (got --task "
+                       f"{args.task})")
     if args.epochs < 1:
         raise CLIError(f"--epochs must be at least 1, got {args.epochs}")
     if args.batch_size < 1:
@@ -492,7 +713,8 @@ def seed_run(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------
 
 # Distiller settings a resume may change (how the step runs, not what it computes).
-ENGINE_MAY_DIFFER = frozenset({"compile", "cuda_graphs"})
+ENGINE_MAY_DIFFER = frozenset({"compile", "cuda_graphs", "device", "progress", "loss_backend",
+                               "cache_dir"})
 
 
 @dataclass
@@ -543,7 +765,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     except Exception as error:  # pickle, zip and unpickler errors: not a usable checkpoint
         raise CLIError(f"--resume: {plan.checkpoint} is not a readable training checkpoint "
                        f"({type(error).__name__}); pass --overwrite to start again") from None
-    if not isinstance(state, dict) or not isinstance(state.get("student"), dict):
+    if not isinstance(state, dict) or not isinstance(state.get(args_model_key(args)), dict):
         raise CLIError(f"--resume: {plan.checkpoint} is not a kdcore training checkpoint")
     plan.state = state
     record_path = out / "run.json"
@@ -553,6 +775,12 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         except (OSError, ValueError) as error:
             raise CLIError(f"--resume: {record_path} is not readable JSON ({error})") from None
     return plan
+
+
+def args_model_key(args: argparse.Namespace) -> str:
+    """The checkpoint key of the trained weights: ``"model"`` (train), ``"student"``
+    (distill)."""
+    return "model" if args.command == "train" else "student"
 
 
 def _shown(value: object) -> str:
@@ -573,7 +801,7 @@ def check_resume(plan: RunPlan, args: argparse.Namespace, model: nn.Module,
             if original[key] != current[key]:
                 differ[key] = (original[key], current[key])
     stored = plan.state.get("config", {})
-    for key, value in sorted(distiller.config.items()):
+    for key, value in sorted(distiller.loop.config_dict().items()):
         if (key not in ENGINE_MAY_DIFFER and key not in differ and key in stored
                 and _jsonable(stored[key]) != _jsonable(value)):
             differ[key] = (stored[key], value)
@@ -583,7 +811,7 @@ def check_resume(plan: RunPlan, args: argparse.Namespace, model: nn.Module,
         raise CLIError(f"--resume: {plan.out} was started with other settings ({listed}); "
                        "resume with the original values, or pass --overwrite or another "
                        "--out for a new run")
-    weights, expected = plan.state["student"], model.state_dict()
+    weights, expected = plan.state[args_model_key(args)], model.state_dict()
     wrong = [key for key in expected if key not in weights
              or tuple(weights[key].shape) != tuple(expected[key].shape)]
     wrong += [key for key in weights if key not in expected]
@@ -595,10 +823,11 @@ def check_resume(plan: RunPlan, args: argparse.Namespace, model: nn.Module,
                        f"model ({len(wrong)} tensors differ, first {key}: {have} in the "
                        f"checkpoint, {want} now); resume with the original --model, --width "
                        "and --model-arg")
-    if plan.state.get("teacher_fingerprint") != distiller.teacher_fingerprint:
+    fingerprint = getattr(distiller, "teacher_fingerprint", None)
+    if plan.state.get("teacher_fingerprint") != fingerprint:
         raise CLIError(f"--resume: {plan.out} was trained with another teacher (fingerprint "
                        f"{str(plan.state.get('teacher_fingerprint'))[:12]}, this teacher "
-                       f"{distiller.teacher_fingerprint[:12]}); resume with the original "
+                       f"{str(fingerprint)[:12]}); resume with the original "
                        "--teacher")
 
 
@@ -645,16 +874,60 @@ def run_training(plan: RunPlan, distiller, data: Data, args: argparse.Namespace)
         raise
 
 
-def _finish_training(model: nn.Module, data: Data, args: argparse.Namespace, out: Path,
-                     kind: str, meta: dict) -> None:
+def _final_weights(engine, model: nn.Module) -> None:
+    """With ``--ema``, load the EMA weights into ``model``: they are what is saved and
+    evaluated."""
+    ema = getattr(engine.loop, "ema", None)
+    if ema is not None:
+        model.load_state_dict(getattr(ema, "student", ema).state_dict())
+
+
+def _save_best(engine, model: nn.Module, data: Data, args: argparse.Namespace, out: Path,
+               meta: dict) -> Path | None:
+    """``OUT/best.pt``: a model checkpoint (like ``model.pt``) of the engine's
+    ``checkpoints/best.pt`` (the best epoch by ``--best-metric``; the EMA weights with
+    ``--ema``), or None when no epoch was validated."""
+    import copy
+
+    from kdcore.checkpoints import save_model_checkpoint
+
+    best = out / "checkpoints" / "best.pt"
+    if not best.is_file():
+        return None
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    best_model = copy.deepcopy(model).cpu()
+    best_model.load_state_dict(state[args_model_key(args)])
+    info = {"best_epoch": state.get("epoch"), "best_metric": state.get("metric"),
+            "best_value": state.get("value"), "ema": bool(state.get("ema"))}
+    path = save_model_checkpoint(out / "best.pt", best_model, class_names=data.class_names,
+                                 frontend=frontend_config(args), clip_samples=clip_samples(args),
+                                 meta={**meta, **info})
+    print(f"saved the best epoch ({info['best_epoch']}, {info['best_metric']} "
+          f"{info['best_value']:.4g}) as {path}")
+    return path
+
+
+def _finish_training(engine, model: nn.Module, data: Data, args: argparse.Namespace,
+                     out: Path, kind: str, meta: dict) -> None:
     from kdcore.checkpoints import build_frontend, save_model_checkpoint
 
+    _final_weights(engine, model)
+    meta = {**meta, "ema": args.ema, "task": args.task}
     path = save_model_checkpoint(out / "model.pt", model, class_names=data.class_names,
                                  frontend=frontend_config(args), clip_samples=clip_samples(args),
                                  meta=meta)
-    print(f"saved {kind} checkpoint {path}")
-    labels, predictions = predict(build_frontend(frontend_config(args), args.backend), model,
-                                  data.evaluation, args.batch_size, _device(args),
+    print(f"saved {kind} checkpoint {path}{' (EMA weights)' if args.ema else ''}")
+    _save_best(engine, model, data, args, out, meta)
+    frontend = (model_frontend(args, augment=False) if args.model_arg is not None
+                and getattr(args, "model", None) == "hf" else
+                build_frontend(frontend_config(args), args.backend))
+    if args.task == "multilabel":
+        tagging_report(frontend, model,
+                       data.evaluation, data.class_names, args.batch_size, _device(args), out,
+                       data.evaluation_split)
+        return
+    labels, predictions = predict(frontend, model, data.evaluation, args.batch_size,
+                                  _device(args),
                                   not args.no_progress)
     write_report(labels, predictions, data.class_names, out,
                  f"{model.model_name}: {data.evaluation_split} split")
@@ -691,6 +964,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
         from kdcore.demo import FULL, QUICK, run_demo
 
+        clear_out(Path(args.out), DEMO_MARKERS, args.overwrite)
         config = dataclasses.replace(QUICK if args.quick else FULL, seed=args.seed)
         silence = (contextlib.redirect_stdout(io.StringIO()) if args.quiet
                    else contextlib.nullcontext())
@@ -700,6 +974,7 @@ def command_demo(args: argparse.Namespace) -> int:
         return 0
     from kdcore.demo_vad import run_vad_demo
 
+    clear_out(Path(args.out), DEMO_MARKERS, args.overwrite)
     try:
         run_vad_demo(args.out, quick=args.quick, quiet=args.quiet, seed=args.seed,
                      progress=not args.no_progress)
@@ -719,15 +994,12 @@ def command_train(args: argparse.Namespace) -> int:
     print(data.summary, flush=True)
     seed_run(args)
     model = build_model(args.model, len(data.class_names), args)
-    from kdcore.demo import ConstantTeacher
-
-    distiller = make_distiller(ConstantTeacher(len(data.class_names)), model, args, alpha=0.0,
-                               temperature=1.0, augment=not args.no_augment)
-    check_resume(plan, args, model, distiller)
+    trainer = make_trainer(model, args, augment=not args.no_augment)
+    check_resume(plan, args, model, trainer)
     start_run(plan, "train", args, data)
     print(f"{args.model}: {model.num_parameters():,} parameters", flush=True)
-    run_training(plan, distiller, data, args)
-    _finish_training(model, data, args, plan.out, "model", {"command": "train"})
+    run_training(plan, trainer, data, args)
+    _finish_training(trainer, model, data, args, plan.out, "model", {"command": "train"})
     return 0
 
 
@@ -813,11 +1085,19 @@ def command_distill(args: argparse.Namespace) -> int:
     _device(args)
     check_training_args(args)
     plan = plan_run(args)
-    paths = teacher_paths(args)  # before the data loads: a missing checkpoint fails fast
+    registered = is_registered_teacher(args.teacher)
+    paths = ([str(args.teacher[0] if isinstance(args.teacher, (list, tuple)) else args.teacher)]
+             if registered else teacher_paths(args))  # a missing checkpoint fails fast
     classes = (list(SyntheticAudio.classes) if str(args.data) == SYNTHETIC
                else load_source(args.data, skip_bad=args.skip_bad, check_audio=False,
-                                allow_duplicates=args.allow_duplicates).classes)
-    teacher = _load_teacher(paths, args, classes)
+                                allow_duplicates=args.allow_duplicates,
+                                task=args.task).classes)
+    teacher_frontend = None
+    if registered:
+        bundle, teacher_frontend = registered_teacher(paths[0], args, classes)
+        teacher = argparse.Namespace(model=bundle.model, model_name=bundle.name)
+    else:
+        teacher = _load_teacher(paths, args, classes)
     check_frontend(args)
     cached = args.teacher_mode == "cached"
     data = load_data(args, deterministic_train=cached)
@@ -829,17 +1109,18 @@ def command_distill(args: argparse.Namespace) -> int:
         _check_cache_dir(cache_dir, args)
     seed_run(args)
     student = build_model(args.student, len(data.class_names), args)
-    distiller = make_distiller(teacher.model, student, args, alpha=args.alpha,
-                               temperature=args.temperature,
+    distiller = make_distiller(teacher.model, student, args,
                                augment=not (args.no_augment or cached),
                                teacher_mode=args.teacher_mode, feature_pairs=pairs,
-                               feature_weight=weight, cache_dir=cache_dir)
+                               feature_weight=weight, cache_dir=cache_dir,
+                               teacher_frontend=teacher_frontend)
     check_resume(plan, args, student, distiller)
     start_run(plan, "distill", args, data)
-    print(f"teacher {teacher.model_name}: {teacher.model.num_parameters():,} parameters; "
+    teacher_size = sum(p.numel() for p in teacher.model.parameters())
+    print(f"teacher {teacher.model_name}: {teacher_size:,} parameters; "
           f"student {args.student}: {student.num_parameters():,} parameters", flush=True)
     run_training(plan, distiller, data, args)
-    _finish_training(student, data, args, plan.out, "student",
+    _finish_training(distiller, student, data, args, plan.out, "student",
                      {"command": "distill", "teacher": ", ".join(paths),
                       "temperature": args.temperature, "alpha": args.alpha})
     return 0
@@ -868,6 +1149,8 @@ def command_eval(args: argparse.Namespace) -> int:
     checkpoint = load_model_checkpoint(args.model)
     args.sample_rate = checkpoint.sample_rate
     args.clip_seconds = checkpoint.clip_samples / checkpoint.sample_rate
+    args.task = checkpoint.meta.get("task", "multiclass") if isinstance(
+        checkpoint.meta, dict) else "multiclass"
     data = load_data(args, split=args.split, need_train=False)
     if data.class_names != checkpoint.class_names:
         raise CLIError(f"{args.model} was trained on {checkpoint.num_classes} classes "
@@ -878,7 +1161,14 @@ def command_eval(args: argparse.Namespace) -> int:
     write_run_record(out, "eval", args, device)
     write_skipped(out, data.skipped)
     print(data.summary, flush=True)
-    labels, predictions = predict(checkpoint.build_frontend(args.backend), checkpoint.model,
+    frontend = (hf_frontend(checkpoint.model_kwargs["path"], checkpoint.sample_rate)
+                if checkpoint.model_name == "hf" else checkpoint.build_frontend(args.backend))
+    if args.task == "multilabel":
+        tagging_report(frontend, checkpoint.model,
+                       data.evaluation, data.class_names, args.batch_size, device, out,
+                       args.split)
+        return 0
+    labels, predictions = predict(frontend, checkpoint.model,
                                   data.evaluation, args.batch_size, device,
                                   not args.no_progress)
     write_report(labels, predictions, data.class_names, out,
@@ -886,44 +1176,62 @@ def command_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_cache_teacher(args: argparse.Namespace) -> int:
-    """Fill a teacher cache for ``distill --teacher-mode cached --cache-dir DIR``: teacher
-    logits of every training item's deterministic view (centre crop, log-mel)."""
-    _require(args, "data", "teacher", "out")
-    from tqdm import tqdm
+CACHE_MARKERS = ("meta.json", "filled.u8", "run.json", "cli_data.json")
+DEMO_MARKERS = ("results.json", "curves.png", "report.json", "student.pt")
 
+
+def clear_out(out: Path, markers: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse an ``--out`` holding a finished demo (any of ``markers``) unless ``overwrite``,
+    which empties it first."""
+    for path in guard_out(out, markers, overwrite, "demo"):
+        for name in os.listdir(path):
+            target = path / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+
+def guard_out(out: Path, markers: tuple[str, ...], overwrite: bool, what: str) -> list[Path]:
+    """Refuse an ``--out`` that holds a finished ``what`` (any of ``markers``) unless
+    ``overwrite``; returns what ``--overwrite`` removes (written nothing yet)."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a folder")
+    found = [name for name in markers if (out / name).exists()]
+    if found and not overwrite:
+        raise CLIError(f"--out {out} already holds a {what} ({', '.join(found)}); pass "
+                       "--overwrite to replace it, or another --out")
+    return [out] if found else []
+
+
+def command_cache_teacher(args: argparse.Namespace) -> int:
+    """Fill a teacher cache for ``distill --teacher-mode cached --cache-dir DIR`` with
+    :func:`kdcore.engine.fill_teacher_cache`: teacher outputs of every training item's
+    deterministic view (centre crop, log-mel), keyed as the cached distill run keys it."""
+    _require(args, "data", "teacher", "out")
     from kdcore.data import SyntheticAudio, load_source
-    from kdcore.engine import TeacherCache
-    from kdcore.engine.checkpoint import fingerprint
+    from kdcore.engine import fill_teacher_cache
 
     out = Path(args.out)
     device = _device(args)
+    check_task(args)
+    remove = guard_out(out, CACHE_MARKERS, args.overwrite, "teacher cache")
     paths = teacher_paths(args)  # before the data loads: a missing checkpoint fails fast
     classes = (list(SyntheticAudio.classes) if str(args.data) == SYNTHETIC
                else load_source(args.data, skip_bad=args.skip_bad, check_audio=False,
-                                allow_duplicates=args.allow_duplicates).classes)
+                                allow_duplicates=args.allow_duplicates,
+                                task=args.task).classes)
     teacher = _load_teacher(paths, args, classes)
     data = load_data(args, deterministic_train=True)
     print(data.summary, flush=True)
+    for path in remove:
+        shutil.rmtree(path)
+        print(f"--overwrite: replaced the teacher cache in {out}", flush=True)
     write_skipped(out, data.skipped)
-    frontend = training_frontend(frontend_config(args), args, augment=False)
-    key = {"teacher": fingerprint(teacher.model), "frontend": fingerprint(frontend),
-           "taps": [], "task": "multiclass"}
-    cache = TeacherCache(out, key, len(data.train), 1, {"logits": (teacher.num_classes,)})
-    cache.prepare(explicit=True)
-    cache.open()
-    model = teacher.model.to(device).eval()
-    frontend = frontend.to(device).eval()
+    frontend = model_frontend(args, augment=False)
     loader = _loader(data.train, args.batch_size, shuffle=False)
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="teacher cache", disable=args.no_progress):
-            logits = model(frontend(batch.waveforms.to(device)))
-            cache.store(batch.indices, None, {"logits": logits})
-    cache.flush()
+    fill_teacher_cache(teacher.model, loader, out, teacher_frontend=frontend, task=args.task,
+                       device=device)
     (out / "cli_data.json").write_text(json.dumps(_jsonable(_data_key(args)), indent=1))
     write_run_record(out, "cache-teacher", args, device)
-    print(f"cached teacher logits of {len(data.train)} training items in {out} "
-          f"(filled {100 * cache.filled_fraction():.0f} %); use it with "
+    print(f"cached teacher outputs of {len(data.train)} training items in {out}; use it with "
           f"`kdcore distill --teacher-mode cached --cache-dir {out}`")
     return 0
 
@@ -1061,69 +1369,155 @@ def command_bench(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file whose keys mirror these flags (flags win)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda "
-                        "when available)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "reference", "cpp",
-                        "triton"), help="kernel backend of the losses and log-mel")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+def _config_default(cls: type, name: str) -> object:
+    """The default of field ``name`` of config dataclass ``cls`` (written once, there)."""
+    import dataclasses
+
+    return {f.name: f.default for f in dataclasses.fields(cls)}[name]
 
 
-def _add_data(parser: argparse.ArgumentParser, *, frontend: bool = True) -> None:
-    parser.add_argument("--data", help="class-per-folder directory, CSV manifest "
-                        "(path,label[,split][,group]) or 'synthetic'")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip unreadable, empty, truncated or non-finite files and bad "
-                             "rows (counted, listed in OUT/skipped.txt)")
-    parser.add_argument("--allow-duplicates", action="store_true",
-                        help="a manifest may list a file twice (all copies in one split)")
-    parser.add_argument("--group-split", metavar="COLUMN", default=None,
-                        help="group-disjoint split by this manifest column (e.g. speaker)")
-    parser.add_argument("--test-fraction", type=float, default=0.2,
-                        help="test share of a random split (no split column)")
-    parser.add_argument("--val-fraction", type=float, default=0.0,
-                        help="val share of a random split, validated on each epoch")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seeds the split, model init, data order, augmentation, mixup "
-                             "and dropout")
-    parser.add_argument("--synthetic-size", type=int, default=2048,
-                        help="training clips of --data synthetic (test: a quarter)")
-    parser.add_argument("--sample-rate", type=int, default=defaults.SAMPLE_RATE)
-    parser.add_argument("--clip-seconds", type=float, default=1.0)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default; hides ``(default: None)`` and ``(default: False)``, which
+    say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or (
+                action.default is argparse.SUPPRESS):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _groups(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:  # noqa: SLF001
+    titles = {"data": "data", "frontend": "frontend (log-mel)", "model": "model",
+              "objective": "objective", "loop": "training loop", "output": "output and run"}
+    return {key: parser.add_argument_group(title) for key, title in titles.items()}
+
+
+def _add_common(groups: dict, *, loop: str = "loop") -> None:
+    groups["output"].add_argument("--config", help="YAML file whose keys mirror these flags "
+                                  "(flags win)")
+    groups[loop].add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: "
+                              "cuda when available)")
+    groups["frontend"].add_argument("--backend", default="auto",
+                                    choices=("auto", "reference", "cpp", "triton"),
+                                    help="kernel backend of the losses and log-mel")
+    groups[loop].add_argument("--batch-size", type=int, default=64, help="clips per batch")
+    groups["output"].add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_data(groups: dict, *, frontend: bool = True) -> None:
+    data = groups["data"]
+    data.add_argument("--data", help="class-per-folder directory, CSV manifest "
+                      "(path,label[,split][,group], or path,labels / path,transcript for "
+                      "--task multilabel / ctc) or 'synthetic'")
+    data.add_argument("--skip-bad", action="store_true",
+                      help="skip unreadable, empty, truncated or non-finite files and bad "
+                           "rows (counted, listed in OUT/skipped.txt)")
+    data.add_argument("--allow-duplicates", action="store_true",
+                      help="a manifest may list a file twice (all copies in one split)")
+    data.add_argument("--group-split", metavar="COLUMN", default=None,
+                      help="group-disjoint split by this manifest column (e.g. speaker)")
+    data.add_argument("--test-fraction", type=float, default=0.2,
+                      help="test share of a random split (no split column)")
+    data.add_argument("--val-fraction", type=float, default=0.0,
+                      help="val share of a random split, validated on each epoch")
+    data.add_argument("--seed", type=int, default=_config_default(LoopConfig, "seed"),
+                      help="seeds the split, model init, data order, augmentation, mixup "
+                           "and dropout")
+    data.add_argument("--synthetic-size", type=int, default=2048,
+                      help="training clips of --data synthetic (test: a quarter)")
+    data.add_argument("--sample-rate", type=int, default=defaults.SAMPLE_RATE,
+                      help="sample rate the audio is resampled to (Hz)")
+    data.add_argument("--clip-seconds", type=float, default=1.0,
+                      help="clip length: random crops in training, centre crops otherwise")
     if frontend:
-        parser.add_argument("--n-mels", type=int, default=defaults.N_MELS)
-        parser.add_argument("--n-fft", type=int, default=defaults.N_FFT)
-        parser.add_argument("--hop-length", type=int, default=defaults.HOP_LENGTH)
+        fe = groups["frontend"]
+        fe.add_argument("--n-mels", type=int, default=defaults.N_MELS, help="mel bands")
+        fe.add_argument("--n-fft", type=int, default=defaults.N_FFT, help="FFT size")
+        fe.add_argument("--hop-length", type=int, default=defaults.HOP_LENGTH,
+                        help="samples between frames")
 
 
-def _add_unlabelled(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--unlabelled", metavar="PATH", default=None,
-                        help="audio without labels (a folder, searched recursively, or a CSV "
-                             "with a 'path' column) added to the training split; the student "
-                             "learns the teacher's outputs on it (KD term only)")
+def _add_unlabelled(groups: dict) -> None:
+    groups["data"].add_argument(
+        "--unlabelled", metavar="PATH", default=None,
+        help="audio without labels (a folder, searched recursively, or a CSV with a 'path' "
+             "column) added to the training split; the student learns the teacher's outputs "
+             "on it (KD term only)")
 
 
-def _add_training(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=defaults.LR)
-    parser.add_argument("--out", help="output folder")
-    parser.add_argument("--width", type=int, default=None, help="model width")
-    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
-                        help="extra model keyword (repeatable), e.g. dropout=0.2")
-    parser.add_argument("--no-augment", action="store_true",
-                        help="no gain/shift/SpecAugment during training")
-    parser.add_argument("--mixup", type=float, default=0.0, metavar="A",
-                        help="mixup with lam ~ Beta(A, A) on the training waveforms, labels "
-                             "and teacher targets mixed alike (0 = off)")
-    parser.add_argument("--resume", action="store_true",
+def _add_task(groups: dict) -> None:
+    groups["objective"].add_argument(
+        "--task", choices=TASKS, default=_config_default(ObjectiveConfig, "task"),
+        help="what the model predicts: multiclass (a 'label' per clip), multilabel (a "
+             "manifest 'labels' column of ';'-separated tags) or ctc (a manifest "
+             "'transcript' column); frame, frame_multilabel and regression have no CLI data "
+             "format (use the kdcore.Trainer / kdcore.Distiller API)")
+
+
+def _add_training(groups: dict) -> None:
+    loop, model, output = groups["loop"], groups["model"], groups["output"]
+    loop.add_argument("--epochs", type=int, default=10, help="passes over the training split")
+    loop.add_argument("--lr", type=float, default=_config_default(LoopConfig, "lr"),
+                      help="peak learning rate")
+    loop.add_argument("--optimizer", choices=OPTIMIZERS,
+                      default=_config_default(LoopConfig, "optimizer"),
+                      help="adamw/adam (fused) or sgd (momentum 0.9)")
+    loop.add_argument("--weight-decay", type=float,
+                      default=_config_default(LoopConfig, "weight_decay"),
+                      help="decoupled weight decay on weights (dim >= 2)")
+    loop.add_argument("--schedule", choices=SCHEDULES,
+                      default=_config_default(LoopConfig, "schedule"),
+                      help="learning-rate schedule, per optimizer step (a resume may not "
+                           "change --epochs of onecycle/cosine)")
+    loop.add_argument("--grad-accum", type=int,
+                      default=_config_default(LoopConfig, "grad_accum"),
+                      help="micro-batches per optimizer step")
+    loop.add_argument("--precision", choices=PRECISIONS,
+                      default=_config_default(LoopConfig, "precision"),
+                      help="autocast of the forward on CUDA (fp32 on the CPU)")
+    loop.add_argument("--compile", action="store_true",
+                      default=_config_default(LoopConfig, "compile"),
+                      help="torch.compile the model")
+    loop.add_argument("--clip-grad-norm", type=float, metavar="NORM",
+                      default=_config_default(LoopConfig, "clip_grad_norm"),
+                      help="clip the global gradient norm to NORM (default: off)")
+    loop.add_argument("--ema", type=float, metavar="DECAY",
+                      default=_config_default(LoopConfig, "ema"),
+                      help="exponential moving average of the weights with this decay; the "
+                           "EMA weights are evaluated and saved (default: off)")
+    loop.add_argument("--best-metric", metavar="NAME",
+                      default=_config_default(LoopConfig, "best_metric"),
+                      help="validation metric that picks OUT/best.pt (default: val_loss "
+                           "when there is a val split)")
+    loop.add_argument("--best-mode", choices=("min", "max"),
+                      default=_config_default(LoopConfig, "best_mode"),
+                      help="min or max (default: min for names with loss/error/wer/cer)")
+    loop.add_argument("--patience", type=int, metavar="EPOCHS",
+                      default=_config_default(LoopConfig, "patience"),
+                      help="stop after this many epochs without a better --best-metric "
+                           "(default: off)")
+    loop.add_argument("--deterministic", action="store_true",
+                      help="PyTorch deterministic algorithms (bitwise repeats on a GPU)")
+    model.add_argument("--width", type=int, default=None, help="model width")
+    model.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                       help="extra model keyword (repeatable), e.g. dropout=0.2")
+    groups["frontend"].add_argument("--no-augment", action="store_true",
+                                    help="no gain/shift/SpecAugment during training")
+    groups["objective"].add_argument(
+        "--mixup", type=float, metavar="A", default=_config_default(ObjectiveConfig, "mixup"),
+        help="mixup with lam ~ Beta(A, A) on the training waveforms, labels and teacher "
+             "targets mixed alike (0 = off)")
+    output.add_argument("--out", help="output folder")
+    output.add_argument("--resume", action="store_true",
                         help="continue the run in --out from OUT/checkpoints/last.pt (same "
                              "settings; starts fresh when there is no checkpoint yet)")
-    parser.add_argument("--overwrite", action="store_true",
+    output.add_argument("--overwrite", action="store_true",
                         help="replace the run already in --out")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="PyTorch deterministic algorithms (bitwise repeats on a GPU)")
+
+
+def _sub(commands, name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002
+    return commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1131,84 +1525,105 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="distil Silero VAD into a 25x smaller student on "
-                               "the speech shipped with kdcore: table, model, report, plots")
+    demo = _sub(commands, "demo", "distil Silero VAD into a 25x smaller student on the speech "
+                "shipped with kdcore: table, model, report, plots")
     demo.add_argument("--task", choices=("vad", "synthetic-kd"), default="vad",
-                      help="vad (default): Silero VAD on real speech; synthetic-kd: teacher, "
-                      "student alone and student + KD on the embedded SyntheticAudio set")
-    demo.add_argument("--quick", action="store_true",
-                      help="smaller run (vad: under a minute on two CPU cores)")
-    demo.add_argument("--out", default="kdcore_demo", help="output folder (default kdcore_demo)")
+                      help="vad: Silero VAD on real speech; synthetic-kd: teacher, student "
+                      "alone and student + KD on the embedded SyntheticAudio set")
+    demo.add_argument("--quick", action="store_true", help="smaller run")
+    demo.add_argument("--out", default="kdcore_demo", help="output folder")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace the demo already in --out")
     demo.add_argument("--quiet", action="store_true", help="print nothing")
-    demo.add_argument("--seed", type=int, default=0, help="data, noise and init seed (default 0)")
+    demo.add_argument("--seed", type=int, default=0, help="data, noise and init seed")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(handler=command_demo)
 
-    train = commands.add_parser("train", help="plain training (a teacher, or any model)")
-    train.add_argument("--model", help="model name (kdcore.models.available_models())")
-    _add_data(train)
-    _add_training(train)
-    _add_common(train)
+    train = _sub(commands, "train", "plain supervised training of any model (a teacher, or "
+                 "a student alone)")
+    groups = _groups(train)
+    groups["model"].add_argument("--model", help="model name (kdcore.models."
+                                 "available_models()), or hf with --model-arg path=DIR")
+    _add_data(groups)
+    _add_task(groups)
+    _add_training(groups)
+    _add_common(groups)
     train.set_defaults(handler=command_train)
 
-    distill = commands.add_parser("distill", help="distil a teacher checkpoint into a student")
-    distill.add_argument("--teacher", nargs="+", metavar="CKPT",
-                         help="teacher checkpoint (model.pt of train); several make an "
-                              "ensemble teacher (mean of their logits)")
-    distill.add_argument("--student", help="student model name")
-    distill.add_argument("--temperature", type=float, default=defaults.TEMPERATURE)
-    distill.add_argument("--alpha", type=float, default=defaults.ALPHA,
-                         help="weight of the KD term (1 - alpha on cross-entropy)")
-    distill.add_argument("--teacher-mode", choices=("online", "cached"), default="online")
-    distill.add_argument("--cache-dir", default=None,
-                         help="teacher cache of cache-teacher (cached mode)")
-    distill.add_argument("--feature-pair", action="append", metavar="S:T",
-                         help="student:teacher module paths for feature distillation")
-    distill.add_argument("--feature-weight", type=float, default=None,
-                         help="weight of the feature loss (default 1 with feature pairs)")
-    _add_unlabelled(distill)
-    _add_data(distill)
-    _add_training(distill)
-    _add_common(distill)
+    distill = _sub(commands, "distill", "distil a teacher into a student")
+    groups = _groups(distill)
+    groups["model"].add_argument(
+        "--teacher", nargs="+", metavar="TEACHER",
+        help="teacher checkpoint (model.pt of train; several make an ensemble teacher, the "
+             "mean of their logits), a registered teacher name (kdcore teachers) or hf:PATH")
+    groups["model"].add_argument("--student", help="student model name")
+    obj = groups["objective"]
+    obj.add_argument("--temperature", type=float, default=defaults.TEMPERATURE,
+                     help="softening temperature of the KD term")
+    obj.add_argument("--alpha", type=float, default=defaults.ALPHA,
+                     help="weight of the KD term (1 - alpha on the label term)")
+    obj.add_argument("--teacher-mode", choices=TEACHER_MODES,
+                     default=_config_default(TeacherConfig, "teacher_mode"),
+                     help="online: run the teacher every step; cached: once per item")
+    obj.add_argument("--cache-dir", default=None,
+                     help="teacher cache of cache-teacher (cached mode; default: "
+                          "OUT/teacher_cache)")
+    obj.add_argument("--feature-pair", action="append", metavar="S:T",
+                     help="student:teacher module paths for feature distillation")
+    obj.add_argument("--feature-weight", type=float, default=None,
+                     help="weight of the feature loss (default: 1 with feature pairs)")
+    _add_unlabelled(groups)
+    _add_data(groups)
+    _add_task(groups)
+    _add_training(groups)
+    _add_common(groups)
     distill.set_defaults(handler=command_distill)
 
-    evaluate = commands.add_parser("eval", help="classification report, JSON and confusion "
-                                   "PNG of a checkpoint")
-    evaluate.add_argument("--model", help="model checkpoint (model.pt)")
-    evaluate.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
-                          help="the split to score (default test); all: every file")
-    evaluate.add_argument("--out", default=None, help="output folder (default: "
-                          "next to the checkpoint, eval/)")
-    _add_data(evaluate, frontend=False)
-    _add_common(evaluate)
+    evaluate = _sub(commands, "eval", "classification report, JSON and confusion PNG of a "
+                    "checkpoint")
+    groups = _groups(evaluate)
+    groups["model"].add_argument("--model", help="model checkpoint (model.pt)")
+    groups["data"].add_argument("--split", default="test",
+                                choices=("test", "val", "train", "all"),
+                                help="the split to score; all: every file")
+    groups["output"].add_argument("--out", default=None, help="output folder (default: "
+                                  "next to the checkpoint, eval/)")
+    _add_data(groups, frontend=False)
+    _add_common(groups)
     evaluate.set_defaults(handler=command_eval)
 
-    cache = commands.add_parser("cache-teacher", help="precompute teacher logits for "
-                                "distill --teacher-mode cached")
-    cache.add_argument("--teacher", nargs="+", metavar="CKPT",
-                       help="teacher checkpoint; several make an ensemble teacher")
-    cache.add_argument("--out", help="cache folder")
-    _add_unlabelled(cache)
-    _add_data(cache)
-    _add_common(cache)
+    cache = _sub(commands, "cache-teacher", "precompute teacher outputs for distill "
+                 "--teacher-mode cached --cache-dir OUT")
+    groups = _groups(cache)
+    groups["model"].add_argument("--teacher", nargs="+", metavar="CKPT",
+                                 help="teacher checkpoint; several make an ensemble teacher")
+    groups["output"].add_argument("--out", help="cache folder")
+    groups["output"].add_argument("--overwrite", action="store_true",
+                                  help="replace the cache already in --out")
+    _add_unlabelled(groups)
+    _add_data(groups)
+    _add_task(groups)
+    _add_common(groups)
     cache.set_defaults(handler=command_cache_teacher)
 
-    export = commands.add_parser("export", help="export a checkpoint with its frontend "
-                                 "(waveform in, logits out)")
+    export = _sub(commands, "export", "export a checkpoint with its frontend (waveform in, "
+                  "logits out)")
     export.add_argument("--model", help="model checkpoint (model.pt)")
-    export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript",
+                        help="output format")
     export.add_argument("--out", help="output file")
     export.add_argument("--config", help="YAML file whose keys mirror these flags")
     export.set_defaults(handler=command_export)
 
-    teachers = commands.add_parser("teachers", help="the registry of pretrained teachers: name, "
-                                   "task, sample rate, parameters, package, licence, installed")
+    teachers = _sub(commands, "teachers", "the registry of pretrained teachers: name, task, "
+                    "sample rate, parameters, package, licence, installed")
     teachers.set_defaults(handler=command_teachers)
 
-    bench = commands.add_parser("bench", help="kernel micro-benchmarks on this device")
+    bench = _sub(commands, "bench", "kernel micro-benchmarks on this device")
     bench.add_argument("--quick", action="store_true", help="smaller shapes")
-    bench.add_argument("--repeats", type=int, default=10)
-    bench.add_argument("--device", default=None)
+    bench.add_argument("--repeats", type=int, default=10, help="timed runs per case")
+    bench.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda "
+                       "when available)")
     bench.set_defaults(handler=command_bench)
     return parser
 
@@ -1288,8 +1703,8 @@ def _typed_config_value(path: Path, key: object, value: object,
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kdcore`` console script and ``python -m kdcore``."""
-    from kdcore.data import AudioReadError, ManifestError
-    from kdcore.engine import CacheMismatchError
+    from kdcore.eval.metrics import MetricUnavailableError
+    from kdcore.teachers import TeacherUnavailableError
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1297,8 +1712,9 @@ def main(argv: list[str] | None = None) -> int:
         args = _apply_config(parser, argv)
         args.argv = argv
         return int(args.handler(args) or 0)
-    except (CLIError, FileNotFoundError, AudioReadError, ManifestError, CacheMismatchError,
-            ValueError, TypeError) as error:
+    except (UserInputError, FileNotFoundError, TeacherUnavailableError,
+            MetricUnavailableError) as error:
+        # User mistakes only: any other exception is internal and keeps its traceback.
         if os.environ.get("KDCORE_DEBUG") == "1":
             raise
         message = " ".join(str(error).split()) or type(error).__name__

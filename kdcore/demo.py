@@ -2,12 +2,12 @@
 and the same student with distillation, then print a comparison table and write reports.
 :func:`compare` does the same on any dataset (``benchmarks/quality.py`` runs it on FSDD).
 
-Every run uses :class:`kdcore.Distiller` (AdamW, one-cycle LR, same batch size and seed; the
+Plain training (the teacher, the student alone) uses :class:`kdcore.Trainer`, distillation
+:class:`kdcore.Distiller`: the same loop (AdamW, one-cycle LR, same batch size and seed; the
 students share epochs, learning rate and initialisation) and one frontend: random gain and
 shift on the waveform, log-mel, SpecAugment. The frontend output is shared by teacher and
-student, so the teacher always sees the student's exact augmented view. Plain training (the
-teacher, the student alone) is the same loop with ``alpha=0`` (cross-entropy only) against a
-constant stand-in teacher. With ``mixup > 0`` the KD student trains on mixed clips and a
+student, so the teacher always sees the student's exact augmented view. With ``mixup > 0``
+the KD student trains on mixed clips and a
 "student alone + mixup" control joins the table; the KD gain is then taken over the better
 student alone."""
 
@@ -111,19 +111,6 @@ def kd_epochs(config: DemoConfig, train_clips: int) -> int:
                          f"epoch do not divide the {steps} optimizer steps of the students "
                          "alone; choose a multiple of the training clips")
     return steps // per_epoch
-
-
-class ConstantTeacher(nn.Module):
-    """Uniform logits (B, num_classes). Deprecated: plain training is :class:`kdcore.Trainer`
-    (the demo uses it); kept only while ``kdcore train`` still imports it."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.anchor.expand(features.shape[0], self.num_classes)
 
 
 def _frontend(config: DemoConfig) -> nn.Module:

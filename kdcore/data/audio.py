@@ -18,13 +18,15 @@ import soxr
 import torch
 from torch.utils.data import Dataset
 
+from kdcore.errors import UserInputError
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 # The label of a clip without one: kdcore.Distiller trains on it with the distillation term
 # alone (an unlabelled transfer set, see Unlabelled).
 UNLABELLED = -1
 
 
-class AudioReadError(ValueError):
+class AudioReadError(UserInputError):
     """A file could not be read as audio (unreadable, corrupt or empty). Names the file."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
@@ -33,10 +35,11 @@ class AudioReadError(ValueError):
 
 
 class AudioExample(NamedTuple):
-    """One item: ``waveform`` float32 (T,), ``label`` int, ``index`` int (position in the set)."""
+    """One item: ``waveform`` float32 (T,), ``label`` int (or a float32 (C,) multi-hot tensor
+    for multilabel data), ``index`` int (position in the set)."""
 
     waveform: torch.Tensor
-    label: int
+    label: int | torch.Tensor
     index: int
 
 
@@ -176,7 +179,10 @@ def collate_audio(batch: Sequence[AudioExample]) -> AudioBatch:
     waveforms = torch.zeros(len(batch), int(lengths.max()), dtype=torch.float32)
     for row, item in enumerate(batch):
         waveforms[row, : item[0].shape[-1]] = item[0]
-    labels = torch.tensor([int(item[1]) for item in batch], dtype=torch.long)
+    if isinstance(batch[0][1], torch.Tensor):  # multi-hot targets (B, C) float32
+        labels = torch.stack([torch.as_tensor(item[1], dtype=torch.float32) for item in batch])
+    else:
+        labels = torch.tensor([int(item[1]) for item in batch], dtype=torch.long)
     indices = torch.tensor([int(item[2]) for item in batch], dtype=torch.long)
     return AudioBatch(waveforms, labels, indices, lengths)
 
@@ -215,7 +221,8 @@ class AudioFileDataset(Dataset):
 
     Args:
         paths: audio files (WAV/FLAC/OGG).
-        labels: class index per file.
+        labels: class index per file, or a float32 (C,) multi-hot tensor per file
+            (multilabel).
         sample_rate: target rate in Hz (soxr resampling).
         clip_samples: fixed output length; None keeps each clip's length (use
             :func:`collate_audio`).
@@ -236,7 +243,8 @@ class AudioFileDataset(Dataset):
         if clip_samples is not None and (not isinstance(clip_samples, int) or clip_samples < 1):
             raise ValueError(f"clip_samples must be a positive int or None, got {clip_samples!r}")
         self.paths = [Path(p) for p in paths]
-        self.labels = [int(label) for label in labels]
+        self.labels = [label if isinstance(label, torch.Tensor) else int(label)
+                       for label in labels]
         self.sample_rate, self.clip_samples, self.train = sample_rate, clip_samples, train
         self.generator = generator
         self._cache: list[torch.Tensor] | None = None

@@ -1,6 +1,7 @@
 """Dataset sources: a folder with one subfolder per class, or a CSV manifest.
 
-A CSV manifest has columns ``path,label`` (paths relative to the CSV), optionally ``split``
+A CSV manifest has columns ``path,label`` (paths relative to the CSV; for multilabel data
+``path,labels`` with ``;``-separated tags, an empty cell meaning no tag), optionally ``split``
 and ``group`` and any other columns (kept per record, e.g. ``speaker``, usable as the group
 column of a group-disjoint split). Bad entries (unreadable, corrupt, empty or truncated audio,
 non-finite samples when decoded, a missing file, an empty or unknown label) raise an error
@@ -35,9 +36,10 @@ from kdcore.data.splits import (
     split_from_column,
     stratified_split,
 )
+from kdcore.errors import UserInputError
 
 
-class ManifestError(ValueError):
+class ManifestError(UserInputError):
     """A manifest row or column is wrong (names the CSV and the row)."""
 
 
@@ -68,6 +70,7 @@ class AudioSource:
     records: list[AudioRecord]
     classes: list[str]
     skipped: list[SkippedEntry] = field(default_factory=list)
+    task: str = "multiclass"
 
     @property
     def class_to_index(self) -> dict[str, int]:
@@ -75,9 +78,28 @@ class AudioSource:
 
     @property
     def labels(self) -> list[int]:
-        """Class index per record."""
+        """Class index per record (multilabel: 0 for every record, which makes the random
+        split unstratified)."""
+        if self.task == "multilabel":
+            return [0] * len(self.records)
         index = self.class_to_index
         return [index[record.label] for record in self.records]
+
+    def targets(self) -> list:
+        """Per record: the class index (multiclass), or a float32 (C,) multi-hot tensor of its
+        ``;``-separated tags (multilabel)."""
+        if self.task != "multilabel":
+            return self.labels
+        import torch
+
+        index = self.class_to_index
+        out = []
+        for record in self.records:
+            hot = torch.zeros(len(self.classes), dtype=torch.float32)
+            for tag in split_tags(record.label):
+                hot[index[tag]] = 1.0
+            out.append(hot)
+        return out
 
     def groups(self, column: str = "group") -> list[str]:
         """Per-record value of ``column`` (``"group"`` or any manifest column)."""
@@ -85,7 +107,8 @@ class AudioSource:
         for record in self.records:
             value = record.group if column == "group" else record.columns.get(column)
             if value is None or value == "":
-                raise ValueError(f"group column {column!r} is missing or empty for {record.path}")
+                raise ManifestError(f"group column {column!r} is missing or empty for "
+                                    f"{record.path}")
             values.append(value)
         return values
 
@@ -137,9 +160,17 @@ class AudioSource:
         """An :class:`AudioFileDataset` over the records at ``indices`` (all when None);
         ``kwargs`` go to its constructor (sample_rate, clip_samples, train, preload, ...)."""
         chosen = range(len(self.records)) if indices is None else indices
-        labels = self.labels
+        labels = self.targets()
         return AudioFileDataset([self.records[i].path for i in chosen],
                                 [labels[i] for i in chosen], **kwargs)
+
+
+TASK_COLUMNS = {"multiclass": "label", "multilabel": "labels"}
+
+
+def split_tags(text: str) -> list[str]:
+    """The tags of a multilabel manifest cell: ``"dog; rain"`` -> ``["dog", "rain"]``."""
+    return [tag.strip() for tag in text.split(";") if tag.strip()]
 
 
 def _sort_classes(names: set[str]) -> list[str]:
@@ -186,7 +217,7 @@ def _from_folder(root: Path, skip_bad: bool, check_audio: bool, decode: bool) ->
             records.append(AudioRecord(path, class_dir.name))
     if not records:
         detail = f" ({len(skipped)} bad files skipped)" if skipped else ""
-        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found in class "
+        raise ManifestError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found in class "
                          f"subfolders of {root}{detail}")
     return AudioSource(root, records, _sort_classes({r.label for r in records}), skipped)
 
@@ -252,12 +283,15 @@ def _check_duplicates(csv_path: Path, rows: list[dict[str, str]], allow_duplicat
 
 def _from_manifest(csv_path: Path, skip_bad: bool, check_audio: bool,
                    classes: Sequence[str] | None, allow_duplicates: bool,
-                   decode: bool) -> AudioSource:
+                   decode: bool, task: str = "multiclass") -> AudioSource:
     header, rows = _read_rows(csv_path)
-    missing = [name for name in ("path", "label") if name not in header]
+    column = TASK_COLUMNS[task]
+    missing = [name for name in ("path", column) if name not in header]
     if missing:
-        raise ManifestError(f"{csv_path}: manifest needs columns 'path' and 'label', "
-                            f"missing {missing} (found {header})")
+        hint = ("; a multilabel manifest has a 'labels' column of ';'-separated tags"
+                if task == "multilabel" else "")
+        raise ManifestError(f"{csv_path}: manifest needs columns 'path' and '{column}', "
+                            f"missing {missing} (found {header}){hint}")
     has_split = "split" in header and _check_split_column(csv_path, rows)
     _check_duplicates(csv_path, rows, allow_duplicates, has_split)
     known = set(classes) if classes is not None else None
@@ -271,9 +305,11 @@ def _from_manifest(csv_path: Path, skip_bad: bool, check_audio: bool,
                            "empty path")
             continue
         path = (csv_path.parent / row["path"]).resolve()
-        label = row.get("label", "")
-        if label == "" or (known is not None and label not in known):
-            problem = "empty label" if label == "" else f"unknown label {label!r}"
+        label = row.get(column, "")
+        tags = split_tags(label) if task == "multilabel" else [label]
+        unknown = [tag for tag in tags if known is not None and tag not in known]
+        if (label == "" and task != "multilabel") or unknown:
+            problem = "empty label" if label == "" else f"unknown label {unknown[0]!r}"
             _keep_or_raise(skip_bad, skipped, ManifestError(f"{where} ({path}): {problem}"),
                            f"{where} ({path})", problem)
             continue
@@ -290,14 +326,18 @@ def _from_manifest(csv_path: Path, skip_bad: bool, check_audio: bool,
         split = normalize_split(row["split"]) if has_split else None
         records.append(AudioRecord(path, label, split, row.get("group") or None, row))
     if not records:
-        raise ValueError(f"{csv_path}: no usable rows ({len(skipped)} bad rows skipped)")
-    names = list(classes) if classes is not None else _sort_classes({r.label for r in records})
-    return AudioSource(csv_path.parent, records, names, skipped)
+        raise ManifestError(f"{csv_path}: no usable rows ({len(skipped)} bad rows skipped)")
+    seen = ({tag for r in records for tag in split_tags(r.label)} if task == "multilabel"
+            else {r.label for r in records})
+    if not seen:
+        raise ManifestError(f"{csv_path}: no row carries a tag in its '{column}' column")
+    names = list(classes) if classes is not None else _sort_classes(seen)
+    return AudioSource(csv_path.parent, records, names, skipped, task)
 
 
 def load_source(path: str | os.PathLike, *, skip_bad: bool = False, check_audio: bool = True,
                 classes: Sequence[str] | None = None, allow_duplicates: bool = False,
-                decode: bool = False) -> AudioSource:
+                decode: bool = False, task: str = "multiclass") -> AudioSource:
     """Load a class-per-subfolder directory or a CSV manifest (``path,label[,split][,group]``).
 
     Args:
@@ -311,21 +351,31 @@ def load_source(path: str | os.PathLike, *, skip_bad: bool = False, check_audio:
             all copies land in one split). Default False: a duplicate is an error.
         decode: with ``check_audio``, also decode every file, so non-finite audio is found
             now. Default False.
+        task: ``"multiclass"`` (default: one ``label`` per file) or ``"multilabel"`` (a
+            manifest ``labels`` column of ``;``-separated tags; the classes are the tags,
+            sorted; an empty cell is a file with no tag; folders cannot express it).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         AudioReadError / ManifestError (ValueError): a bad file or row, naming it; a bad
-            ``split`` value or column, or a duplicate path (always, whatever ``skip_bad``).
-        ValueError: no audio found.
+            ``split`` value or column, or a duplicate path (always, whatever ``skip_bad``);
+            no audio found.
     """
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"data path does not exist: {root}")
+    if task not in TASK_COLUMNS:
+        raise ValueError(f"task must be one of {', '.join(TASK_COLUMNS)}, got {task!r}")
     if root.is_dir():
+        if task != "multiclass":
+            raise ManifestError(f"{root}: a class-per-folder directory holds one label per "
+                                f"file; task {task!r} needs a CSV manifest with a "
+                                f"'{TASK_COLUMNS[task]}' column")
         return _from_folder(root, skip_bad, check_audio, decode)
     if root.suffix.lower() != ".csv":
-        raise ValueError(f"data path must be a folder or a .csv manifest, got {root}")
-    return _from_manifest(root, skip_bad, check_audio, classes, allow_duplicates, decode)
+        raise ManifestError(f"data path must be a folder or a .csv manifest, got {root}")
+    return _from_manifest(root, skip_bad, check_audio, classes, allow_duplicates, decode,
+                          task)
 
 
 def unlabelled_files(path: str | os.PathLike, *, skip_bad: bool = False,
@@ -365,7 +415,7 @@ def unlabelled_files(path: str | os.PathLike, *, skip_bad: bool = False,
                 continue
             candidates.append(((root.parent / row["path"]).resolve(), where))
     else:
-        raise ValueError(f"unlabelled data path must be a folder or a .csv manifest, got {root}")
+        raise ManifestError(f"unlabelled data path must be a folder or a .csv manifest, got {root}")
     files = []
     for file, where in candidates:
         try:
@@ -377,6 +427,6 @@ def unlabelled_files(path: str | os.PathLike, *, skip_bad: bool = False,
         files.append(file)
     if not files:
         detail = f" ({len(skipped)} bad entries skipped)" if skipped else ""
-        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found in "
+        raise ManifestError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found in "
                          f"{root}{detail}")
     return files, skipped

@@ -7,15 +7,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kdcore.errors import UserInputError
+
 SPLIT_NAMES = ("train", "val", "test")
 
 
 def _check_fractions(test_fraction: float, val_fraction: float) -> None:
     for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
         if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+            raise UserInputError(f"{name} must be in [0, 1), got {value!r}")
     if test_fraction + val_fraction >= 1.0:
-        raise ValueError(f"test_fraction + val_fraction must be < 1, got "
+        raise UserInputError(f"test_fraction + val_fraction must be < 1, got "
                          f"{test_fraction} + {val_fraction}")
 
 
@@ -38,11 +40,11 @@ def split_from_column(splits: Sequence[str | None]) -> dict[str, list[int]]:
     result: dict[str, list[int]] = {}
     for index, value in enumerate(splits):
         if not value:
-            raise ValueError(f"row {index} has no split value; fill the manifest's 'split' "
+            raise UserInputError(f"row {index} has no split value; fill the manifest's 'split' "
                              "column or use a stratified or group split")
         name = normalize_split(value)
         if name is None:
-            raise ValueError(f"row {index} has split value {value!r}; split values are "
+            raise UserInputError(f"row {index} has split value {value!r}; split values are "
                              f"train, val and test (aliases of val: "
                              f"{', '.join(SPLIT_ALIASES)})")
         result.setdefault(name, []).append(index)
@@ -93,7 +95,7 @@ def group_split(groups: Sequence[str], *, test_groups: Sequence[str] | None = No
         if explicit is not None:
             unknown = sorted(set(explicit) - set(names))
             if unknown:
-                raise ValueError(f"{split}_groups {unknown} not found among groups {names}")
+                raise UserInputError(f"{split}_groups {unknown} not found among groups {names}")
             chosen[split] = set(explicit)
         elif fraction > 0:
             free = [g for g in shuffled if not any(g in s for s in chosen.values())]
@@ -101,11 +103,11 @@ def group_split(groups: Sequence[str], *, test_groups: Sequence[str] | None = No
         else:
             chosen[split] = set()
     if chosen["test"] & chosen["val"]:
-        raise ValueError(f"groups {sorted(chosen['test'] & chosen['val'])} are in both "
+        raise UserInputError(f"groups {sorted(chosen['test'] & chosen['val'])} are in both "
                          "test_groups and val_groups")
     held_out = chosen["test"] | chosen["val"]
     if len(held_out) >= len(names):
-        raise ValueError(f"group split leaves no group for training ({len(names)} groups)")
+        raise UserInputError(f"group split leaves no group for training ({len(names)} groups)")
     result: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
     for index, group in enumerate(groups):
         split = "test" if group in chosen["test"] else "val" if group in chosen["val"] else "train"

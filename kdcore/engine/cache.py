@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdcore.errors import UserInputError
+
 META = "meta.json"
 FLAGS = "filled.u8"
 FORMAT_VERSION = 1
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(UserInputError):
     """A cache directory the user named was built for another key (teacher, frontend, task,
     sample rate or data)."""
 
@@ -62,7 +64,7 @@ class TeacherCache:
             except (OSError, json.JSONDecodeError):
                 found = None
             stored = found.get("key", {}) if isinstance(found, dict) else {}
-            same_key = self._key_matches(stored)
+            same_key = stored == self.key
             if found is not None and not same_key and explicit:
                 differ = sorted(k for k in set(stored) | set(self.key)
                                 if stored.get(k) != self.key.get(k))
@@ -90,20 +92,6 @@ class TeacherCache:
         temporary = meta_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(self._meta(), indent=1))
         temporary.replace(meta_path)
-
-    def _key_matches(self, stored: dict) -> bool:
-        """Equal keys; or a key written by an older writer (a subset of the fields, all
-        equal), accepted with a warning: it cannot vouch for the missing fields."""
-        if stored == self.key:
-            return True
-        if stored and set(stored) < set(self.key) and all(
-                self.key[k] == v for k, v in stored.items()):
-            missing = sorted(set(self.key) - set(stored))
-            warnings.warn(f"kdcore: the teacher cache in {self.directory} has an older key "
-                          f"without {missing}; it is used as is, rebuild it to cover them",
-                          UserWarning, stacklevel=4)
-            return True
-        return False
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.f32"

@@ -39,6 +39,7 @@ from kdcore.engine.config import LoopConfig, check_int
 from kdcore.engine.distributed import DistContext, all_reduce_, barrier, init_from_env, local_rank
 from kdcore.engine.history import History
 from kdcore.engine.metrics import Meter
+from kdcore.errors import UserInputError
 
 CHECKPOINT_FORMAT = 2
 LOWER_IS_BETTER = ("loss", "error", "wer", "cer", "ter")
@@ -247,7 +248,7 @@ class Loop:
         planned = math.ceil((batches_per_epoch or 0) / cfg.grad_accum) * epochs
         if state is not None and cfg.schedule != "constant" and "planned_steps" in state \
                 and state["planned_steps"] != planned:
-            raise ValueError(
+            raise UserInputError(
                 f"epochs={epochs}: the checkpoint {checkpoint_path} was planned for "
                 f"{state['planned_steps']} optimizer steps ({cfg.schedule} schedule), this "
                 f"run would take {planned}; resume with the original epochs, use "
