@@ -258,6 +258,10 @@ def test_demo_report_renders_row_page_and_time_sentence(tmp_path):
     # a fresh-clone wall time, when recorded, wins over the demo's own clock
     (tmp_path / "demo-vad.json").write_text(json.dumps({**_demo_report(True), "wall_s": 170.2}))
     assert "`kdcore demo --quick` took 170 s" in make_docs.render_demo_time(tmp_path)
+    wrapped = {"report": _demo_report(), "wall_s": 180.0}
+    (tmp_path / "demo-vad.json").write_text(json.dumps(wrapped))
+    assert "`kdcore demo` took 180 s" in make_docs.render_demo_time(tmp_path)
+    assert "noisy 88.0 % (F1 0.850)" in make_docs.render_readme_block(tmp_path)
     (tmp_path / "demo-vad.json").unlink()
     assert "not recorded yet" in make_docs.render_demo_time(tmp_path)
 
@@ -327,7 +331,8 @@ def test_teachers_pitch_enhancement_ctc_render_when_present(tmp_path):
     # an enhancement key in another layout falls back to the generic rendering
     data["enhancement"] = {"results": [1, 2]}
     page = make_docs.render_page(_write(tmp_path, data))
-    assert "layout of key `enhancement` is not the one" in page
+    assert "layout of key `enhancement` differs" in page
+    assert "not the one this page was written for" not in page
 
 
 def _write(tmp_path: Path, data: dict) -> Path:
