@@ -18,7 +18,8 @@ SCRIPT = ROOT / "benchmarks" / "make_docs.py"
 # Pages other branches are writing: a link to one of them is allowed before it exists.
 PLANNED_PAGES = {
     "docs/engine.md", "docs/losses.md", "docs/teachers.md", "docs/cli.md",
-    "docs/data-and-metrics.md", "docs/recipes.md",
+    "docs/data-and-metrics.md", "docs/recipes.md", "docs/pitch.md", "docs/enhancement.md",
+    "docs/asr.md",
 }
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 ANCHOR_ID = re.compile(r'<a id="([^"]+)"></a>')
@@ -182,7 +183,8 @@ def test_readme_is_short_and_keeps_the_quickstart():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 220
     assert "bash scripts/demo.sh" in text and "bash scripts/test.sh" in text
-    for page in ("losses", "frontend", "engine", "teachers", "cli", "results"):
+    for page in ("losses", "frontend", "engine", "teachers", "cli", "data-and-metrics", "results",
+                 "pitch", "enhancement", "asr"):
         assert f"(docs/{page}.md)" in text, page
 
 
@@ -218,3 +220,121 @@ def test_readme_commands_parse_and_scripts_exist():
             elif words[:1] == ["bash"]:
                 assert (ROOT / words[1]).is_file(), words[1]
     assert commands >= 4
+
+
+def _demo_report(quick: bool = False) -> dict:
+    """A demo ``report.json`` in the layout ``kdcore demo`` writes (values made up)."""
+    def scores(f1, agreement):
+        return {"student": {"f1": f1, "agreement": agreement, "speech_share": 0.4},
+                "all_speech": {"f1": 0.56, "agreement": 0.4, "speech_share": 0.4},
+                "all_silence": {"f1": 0.0, "agreement": 0.6, "speech_share": 0.4}}
+    return {"task": "vad", "seed": 0, "quick": quick, "compression": 25.37,
+            "teacher": {"name": "silero-vad", "parameters": 243585,
+                        "macs_per_second_of_audio": 21.7e6, "real_time_factor": 0.0733},
+            "student": {"name": "VadStudent", "parameters": 9601,
+                        "macs_per_second_of_audio": 0.82e6, "real_time_factor": 0.0206},
+            "held_out": {"clean": scores(0.94, 0.954), "0 dB": scores(0.80, 0.85),
+                         "10 dB": scores(0.90, 0.91)},
+            "data": {"train_windows": 320, "test_windows": 8, "window_s": 4.096,
+                     "train_speakers": ["george", "jackson"], "test_speakers": ["theo"]},
+            "teacher_seconds": 6.2, "torch_threads": 2,
+            "machine": {"cpu_count": 2, "torch": "2.13.0+cpu"},
+            "date": "2026-12-06T03:00:00Z", "total_seconds": 151.4, "table": "..."}
+
+
+def test_demo_report_renders_row_page_and_time_sentence(tmp_path):
+    (tmp_path / "demo-vad.json").write_text(json.dumps(_demo_report()))
+    block = make_docs.render_readme_block(tmp_path)
+    row = next(line for line in block.splitlines() if "demo-vad.json" in line)
+    # noisy = mean over the noisy sets, computed here independently: (0.85 + 0.91) / 2
+    assert "9,601" in row and "243,585" in row and "0.82 MMACs" in row and "21.7 MMACs" in row
+    assert "clean 95.4 % (F1 0.940)" in row and "noisy 88.0 % (F1 0.850)" in row
+    assert "(151 s in all)" in row
+    sentence = make_docs.render_demo_time(tmp_path)
+    assert "`kdcore demo` took 151 s on 2 CPU cores" in sentence
+    page = make_docs.render_page(tmp_path)
+    assert "not the one this page was written for" not in page
+    assert "| 0 dB | 0.800 | 85.0 % | 0.560 | 60.0 % |" in page
+    # a fresh-clone wall time, when recorded, wins over the demo's own clock
+    (tmp_path / "demo-vad.json").write_text(json.dumps({**_demo_report(True), "wall_s": 170.2}))
+    assert "`kdcore demo --quick` took 170 s" in make_docs.render_demo_time(tmp_path)
+    wrapped = {"report": _demo_report(), "wall_s": 180.0}
+    (tmp_path / "demo-vad.json").write_text(json.dumps(wrapped))
+    assert "`kdcore demo` took 180 s" in make_docs.render_demo_time(tmp_path)
+    assert "noisy 88.0 % (F1 0.850)" in make_docs.render_readme_block(tmp_path)
+    (tmp_path / "demo-vad.json").unlink()
+    assert "not recorded yet" in make_docs.render_demo_time(tmp_path)
+
+
+def test_readme_demo_time_block_is_filled(tmp_path):
+    (tmp_path / "results").mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{make_docs.DEMO_BEGIN}\nold\n{make_docs.DEMO_END}\nb\n")
+    args = ["--results", str(tmp_path / "results"), "--out", str(tmp_path / "r.md"),
+            "--readme", str(readme)]
+    assert make_docs.main(args) == 0
+    assert "not recorded yet" in readme.read_text() and "old" not in readme.read_text()
+
+
+def _teachers_file() -> dict:
+    return json.loads((ROOT / "benchmarks" / "results" / "teachers-cpu.json").read_text())
+
+
+def test_teachers_cache_fill_renders_from_the_json():
+    data = _teachers_file()["cache_fill"]
+    page = (ROOT / "docs" / "results.md").read_text()
+    for name, entry in data["results"].items():
+        line = next(x for x in page.splitlines() if x.startswith(f"| `{name}` |"))
+        assert f"{entry['parameters']:,}" in line and f"| {entry['frames_per_s']:.0f} |" in line
+
+
+def test_teachers_pitch_enhancement_ctc_render_when_present(tmp_path):
+    data = _teachers_file()
+
+    def scores(rpa):
+        return {"rpa": rpa, "rca": rpa + 0.01, "cents_rmse": 300.0, "voicing_f1": 0.5}
+    data["pitch"] = {"benchmark": "pitch KD", "date": "2026-12-06T03:00:00+00:00",
+                     "training": {"epochs": 10}, "data": {},
+                     "scores_vs_crepe_full": {"student": scores(0.61), "crepe-tiny": scores(0.94)},
+                     "cost": {"student": {"parameters": 120600, "macs_per_frame": 6.4e6,
+                                          "frames_per_s": 1.0e4},
+                              "crepe-tiny": {"parameters": 486552, "macs_per_frame": 3.6e7,
+                                             "frames_per_s": 1.4e3}},
+                     "verdict": "the student does not beat crepe-tiny"}
+    block = make_docs.render_readme_block(_write(tmp_path, data))
+    assert "student (120,600) RPA 0.610" in block and "crepe-tiny (486,552) RPA 0.940" in block
+    assert "enhancement" not in block and "CTC" not in block
+
+    def row(sdri, stoi):
+        return {"si_sdri_db": sdri, "pesq_wb": 1.5, "stoi": stoi}
+    data["enhancement"] = {"parameters": {"nsnet2": 2687563, "student": 140577},
+                           "results": {"0dB": {"clips": 8, "noisy": row(0.0, 0.7),
+                                               "nsnet2": row(8.0, 0.8),
+                                               "student_kd": row(7.25, 0.78)}}}
+
+    def stats(values):
+        return {"mean": sum(values) / len(values), "std": 0.0, "per_seed": values}
+    data["ctc"] = {"seeds_finished": [0, 1],
+                   "results": {name: {"wer": stats([wer, wer]), "cer": stats([wer / 2] * 2),
+                                      "parameters": 1000}
+                               for name, wer in (("teacher", 0.1), ("student_alone", 0.4),
+                                                 ("student_kd", 0.25))}}
+    data["mystery"] = {"x": 1}
+    results = _write(tmp_path, data)
+    block = make_docs.render_readme_block(results)
+    assert "student_kd SI-SDRi 7.25 dB" in block and "NSNet2 SI-SDRi 8.00 dB" in block
+    assert "student + KD 25.0 %" in block and "student alone 40.0 %" in block
+    page = make_docs.render_page(results)
+    assert "| 0dB | `student_kd` | 7.25 | 1.5 | 0.78 |" in page
+    assert "| `student_kd` | 25.0 % | 12.5 % | 1,000 |" in page
+    assert "### `mystery`" in page and "- x: 1" in page
+    # an enhancement key in another layout falls back to the generic rendering
+    data["enhancement"] = {"results": [1, 2]}
+    page = make_docs.render_page(_write(tmp_path, data))
+    assert "layout of key `enhancement` differs" in page
+    assert "not the one this page was written for" not in page
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    (tmp_path / "teachers-cpu.json").write_text(json.dumps(data))
+    return tmp_path
