@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -79,7 +80,16 @@ def test_student_size_receptive_field_and_errors():
     tiny = sum(p.numel() for p in Crepe("tiny").parameters())
     assert tiny == 486_552
     assert model.num_parameters() <= tiny / 4
-    assert model.macs() < 0.25 * kdcore.models.count_macs(Crepe("tiny"), torch.zeros(1, 1024))
+    # MACs by hand: conv output positions x out x in x kernel (lengths 256, 128, ..., 8 after
+    # the stride-4 first layer and each max-pool 2), plus the Linear layer
+    def conv_macs(widths, kernels):
+        channels, lengths = (1, *widths), (256, 128, 64, 32, 16, 8)
+        convs = sum(lengths[i] * channels[i + 1] * channels[i] * kernels[i] for i in range(6))
+        return convs + 4 * widths[-1] * 360
+
+    assert model.macs() == conv_macs((32, 16, 16, 16, 32, 32), (512, 16, 32, 32, 32, 16))
+    tiny_macs = conv_macs((128, 16, 16, 16, 32, 64), (512, 64, 64, 64, 64, 64))
+    assert model.macs() < tiny_macs / 4
     # every output bin sees the first and the last sample of the frame
     frame = torch.randn(1, 1024, requires_grad=True)
     model.eval()(frame)[0, :].sum().backward()
@@ -224,3 +234,23 @@ def test_kd_from_crepe_tiny_lowers_the_loss(tmp_path):
     assert after < 0.5 * before
     assert after < constant
     assert (tmp_path / "teacher_cache").is_dir()
+
+
+@needs_crepe
+def test_distill_pitch_writes_a_student_that_reloads(tmp_path):
+    from kdcore.pitch import distill_pitch
+
+    clips = [c[::2].clone() for c in _tones()]  # 8 kHz input, resampled inside
+    student, history = distill_pitch("crepe-tiny", clips, tmp_path, hop=640, epochs=1,
+                                     batch_size=8, sample_rate=8000, loss_backend="reference",
+                                     device="cpu", checkpoint_every=0)
+    assert len(history.epochs) == 1
+    saved = torch.load(tmp_path / "student.pt", weights_only=True)
+    assert saved["model"] == "pitch_student"
+    rebuilt = create("pitch_student", 360, **saved["config"])
+    rebuilt.load_state_dict(saved["state_dict"])
+    frames = torch.randn(4, 1024)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(frames), student.eval()(frames))
+    with pytest.raises(ValueError, match="CREPE"):
+        distill_pitch(SimpleNamespace(output=SimpleNamespace(size=1)), clips, tmp_path)
