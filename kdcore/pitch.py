@@ -28,7 +28,8 @@ def distill_pitch(teacher: Any, clips: Sequence[Clip], out_dir: str | os.PathLik
         teacher: a CREPE :class:`kdcore.teachers.TeacherBundle` or its name (``"crepe-full"``).
         clips: waveforms (T,) at ``sample_rate`` (default 16000) or audio paths; no labels.
         out_dir: run directory (teacher cache, checkpoints, ``metrics.jsonl``, and
-            ``student.pt`` with ``{"model": "pitch_student", "config", "state_dict"}``).
+            ``student.pt`` with ``{"model": "pitch_student", "config", "state_dict", "teacher"
+            (its name, the default ``--against``), "hop"}``).
         student: default a fresh :class:`kdcore.models.PitchStudent`; any module taking frames
             (N, 1024) and returning (N, 360) logits.
         hop: samples at 16 kHz between training frames (default 160 = 10 ms).
@@ -54,6 +55,7 @@ def distill_pitch(teacher: Any, clips: Sequence[Clip], out_dir: str | os.PathLik
     student.eval()
     config = student.config() if hasattr(student, "config") else {}
     torch.save({"model": getattr(student, "model_name", type(student).__name__),
-                "config": config, "state_dict": student.state_dict()},
+                "config": config, "state_dict": student.state_dict(), "teacher": teacher.name,
+                "hop": hop},
                Path(out_dir) / "student.pt")
     return student, history

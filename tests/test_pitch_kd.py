@@ -246,7 +246,7 @@ def test_distill_pitch_writes_a_student_that_reloads(tmp_path):
                                      device="cpu", checkpoint_every=0)
     assert len(history.epochs) == 1
     saved = torch.load(tmp_path / "student.pt", weights_only=True)
-    assert saved["model"] == "pitch_student"
+    assert saved["model"] == "pitch_student" and saved["teacher"] == "crepe-tiny"
     rebuilt = create("pitch_student", 360, **saved["config"])
     rebuilt.load_state_dict(saved["state_dict"])
     frames = torch.randn(4, 1024)
