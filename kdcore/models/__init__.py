@@ -7,6 +7,8 @@
 - ``transformer``: :class:`AudioTransformer`, pre-norm encoder; ``dim``, ``depth``.
 - ``hf``: :class:`HFAudioClassifier`, a local HuggingFace model directory (``path``;
   needs ``kdcore[hf]``).
+- ``pitch_student``: :class:`PitchStudent`, a narrow CREPE-style CNN on CREPE's normalised
+  1024-sample frames (N, 1024) -> 360 pitch-bin logits (not a log-mel model).
 
 :class:`TeacherEnsemble` averages the logits of trained models into one teacher.
 """
@@ -18,12 +20,14 @@ from kdcore.models.base import AudioClassifier, count_macs, count_parameters
 from kdcore.models.cnn import StudentDSCNN, TeacherCNN
 from kdcore.models.ensemble import TeacherEnsemble
 from kdcore.models.hf import HFAudioClassifier
+from kdcore.models.pitch import PitchStudent
 
 MODELS: dict[str, type[AudioClassifier]] = {
     "teacher_cnn": TeacherCNN,
     "student_dscnn": StudentDSCNN,
     "transformer": AudioTransformer,
     "hf": HFAudioClassifier,
+    "pitch_student": PitchStudent,
 }
 
 
@@ -51,6 +55,7 @@ __all__ = [
     "AudioClassifier",
     "AudioTransformer",
     "HFAudioClassifier",
+    "PitchStudent",
     "StudentDSCNN",
     "TeacherCNN",
     "TeacherEnsemble",
