@@ -36,8 +36,8 @@ SAMPLE_RATE = ns.SAMPLE_RATE
 WAV_EXTENSIONS = (".wav", ".flac")
 
 __all__ = ["ExportedEnhancer", "MaskPairs", "SpeechClips", "enhance_file", "enhance_folder",
-           "enhance_waveform", "export_enhancer_onnx", "ideal_ratio_mask", "load_enhancer",
-           "save_student", "stream_masks"]
+           "enhance_path", "enhance_waveform", "export_enhancer_onnx", "ideal_ratio_mask",
+           "load_enhancer", "save_student", "stream_masks"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +181,15 @@ def enhance_folder(model: Any, in_dir: str | os.PathLike, out_dir: str | os.Path
         raise ValueError(f"in_dir {str(in_dir)!r} holds no {'/'.join(extensions)} files")
     enhancer = load_enhancer(model)
     return [enhance_file(enhancer, f, out_dir / f.relative_to(in_dir)) for f in files]
+
+
+def enhance_path(model: Any, in_path: str | os.PathLike, out_path: str | os.PathLike
+                 ) -> list[Path]:
+    """``kdcore enhance --model M IN OUT``: :func:`enhance_folder` when ``in_path`` is a folder
+    (``out_path`` a folder), else :func:`enhance_file`. Returns the written paths."""
+    if Path(in_path).is_dir():
+        return enhance_folder(model, in_path, out_path)
+    return [enhance_file(model, in_path, out_path)]
 
 
 # ---------------------------------------------------------------------------------------------

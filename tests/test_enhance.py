@@ -151,7 +151,7 @@ def test_enhance_folder_and_student_files(tmp_path):
     noisy_file(tmp_path / "in" / "one.wav", 16000)
     noisy_file(tmp_path / "in" / "a" / "two.wav", 8000)
     (tmp_path / "in" / "notes.txt").write_text("not audio")
-    written = en.enhance_folder(saved, tmp_path / "in", tmp_path / "out")
+    written = en.enhance_path(saved, tmp_path / "in", tmp_path / "out")  # a folder
     assert [p.relative_to(tmp_path / "out").as_posix() for p in written] == ["a/two.wav",
                                                                              "one.wav"]
     # the file gives what the module gives
@@ -159,6 +159,8 @@ def test_enhance_folder_and_student_files(tmp_path):
     with torch.no_grad():
         expected = ns.apply_mask(x, student(ns.NSNet2Features()(x))[0])
     np.testing.assert_allclose(soundfile.read(written[1])[0], expected.numpy(), atol=1e-6)
+    single = en.enhance_path(student, tmp_path / "in" / "one.wav", tmp_path / "one_out.wav")
+    np.testing.assert_allclose(soundfile.read(single[0])[0], expected.numpy(), atol=1e-6)
     # an engine checkpoint holding the weights under "student" loads too
     torch.save({"student": student.state_dict()}, tmp_path / "last.pt")
     assert en.load_enhancer(tmp_path / "last.pt").mask_model.hidden == 16
