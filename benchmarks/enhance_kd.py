@@ -15,7 +15,11 @@ speaker, batch ``--batch``) for each student; the wall time of each run is recor
 
 Writes the key ``enhancement`` of ``benchmarks/results/teachers-cpu.json`` (other keys kept).
 
-    python benchmarks/enhance_kd.py [--quick] [--threads 1]
+    python benchmarks/enhance_kd.py [--quick] [--threads 1] [--save runs/enhance_kd]
+    python benchmarks/enhance_kd.py --load runs/enhance_kd    # re-evaluate saved students
+
+PESQ is averaged over the clips where the ``pesq`` package finds an utterance; the clips it
+rejects are counted in ``pesq_failed_clips``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
+import json
 import math
 import os
 import shlex
@@ -104,6 +109,17 @@ def train(mode: str, pairs: en.MaskPairs, teacher: ns.NSNet2, fingerprint: str, 
     return student.eval(), record
 
 
+def pesq_or_nan(reference: np.ndarray, degraded: np.ndarray) -> float:
+    """Wide-band PESQ of one clip; NaN where the pesq package finds no utterance in it (its
+    ``NoUtterancesError``; counted in ``pesq_failed_clips`` and left out of the mean)."""
+    try:
+        return float(metrics.pesq_wb(reference, degraded))
+    except Exception as error:  # noqa: BLE001 - cypesq's error class is not importable by name
+        if "utterance" not in str(error).lower():
+            raise
+        return float("nan")
+
+
 def evaluate(systems: dict, test_speech, snr: float, args) -> dict:
     mixes = NoisyMixtures(test_speech, snr_db=float(snr), seed=1000 + int(snr))
     count = min(len(mixes), args.eval_clips)
@@ -123,15 +139,17 @@ def evaluate(systems: dict, test_speech, snr: float, args) -> dict:
         if name == "nsnet2":
             teacher_mask = mask
         ref, est, mix = clean.double().numpy(), estimate.double().numpy(), noisy.double().numpy()
+        pesq = np.asarray([pesq_or_nan(r, e) for r, e in zip(ref, est, strict=True)])
         row = {"si_sdr_db": float(np.mean(metrics.si_sdr(est, ref))),
                "si_sdri_db": float(np.mean(metrics.si_sdr_improvement(est, mix, ref))),
-               "pesq_wb": float(np.mean(metrics.pesq_wb(ref, est))),
+               "pesq_wb": float(np.nanmean(pesq)) if np.isfinite(pesq).any() else None,
+               "pesq_failed_clips": int(np.isnan(pesq).sum()),
                "stoi": float(np.mean(metrics.stoi(ref, est, ns.SAMPLE_RATE)))}
         if mask is not None:
             row["mask_mse_to_irm"] = float(torch.mean((mask - irm) ** 2))
             if teacher_mask is not None:
                 row["mask_mse_to_nsnet2"] = float(torch.mean((mask - teacher_mask) ** 2))
-        out[name] = {k: round(v, 4) for k, v in row.items()}
+        out[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
     return out
 
 
@@ -147,6 +165,10 @@ def main() -> None:
     parser.add_argument("--eval-clips", type=int, default=40, help="held-out clips per SNR")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "teachers-cpu.json")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="folder to keep the trained students and their training records")
+    parser.add_argument("--load", type=Path, default=None,
+                        help="evaluate the students saved by an earlier --save (no training)")
     args = parser.parse_args()
     if args.quick:
         args.clips, args.epochs, args.eval_clips = 24, 2, 6
@@ -161,11 +183,19 @@ def main() -> None:
     bundle = kdcore.teachers.load("nsnet2")
     teacher = ns.NSNet2(threads=args.threads)
     students, training = {}, {}
-    with tempfile.TemporaryDirectory(prefix="enhance_kd_") as tmp:
-        for mode in MODES:
-            students[mode], training[mode] = train(mode, pairs, teacher, bundle.fingerprint,
-                                                   args, Path(tmp))
-            print(f"{mode}: {training[mode]}", flush=True)
+    if args.load is not None:
+        training = json.loads((args.load / "training.json").read_text())
+        students = {m: en.load_enhancer(args.load / f"student_{m}.pt").mask_model
+                    for m in MODES}
+    else:
+        with tempfile.TemporaryDirectory(prefix="enhance_kd_") as tmp:
+            for mode in MODES:
+                students[mode], training[mode] = train(mode, pairs, teacher,
+                                                       bundle.fingerprint, args, Path(tmp))
+                print(f"{mode}: {training[mode]}", flush=True)
+                if args.save is not None:
+                    en.save_student(args.save / f"student_{mode}.pt", students[mode])
+                    (args.save / "training.json").write_text(json.dumps(training, indent=2))
     systems = {"noisy": None, "nsnet2": en.load_enhancer(bundle)}
     systems.update({f"student_{m}": en.load_enhancer(s) for m, s in students.items()})
     results = {f"{snr}dB": evaluate(systems, test_speech, snr, args) for snr in TEST_SNRS}
