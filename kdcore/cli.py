@@ -1251,6 +1251,23 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_enhance(args: argparse.Namespace) -> int:
+    _require(args, "model")
+    from kdcore.enhance import enhance_path
+
+    output = Path(args.output)
+    taken = output.is_file() or (output.is_dir() and any(output.iterdir()))
+    if taken and not args.overwrite:
+        raise CLIError(f"{output} already exists; pass --overwrite to replace it")
+    try:
+        written = enhance_path(args.model, args.input, args.output)
+    except (ImportError, ValueError) as error:  # a missing package or a bad model/input file
+        raise CLIError(str(error)) from error
+    more = f" and {len(written) - 1} more" if len(written) > 1 else ""
+    print(f"wrote {written[0]}{more}" if written else "no WAV files found")
+    return 0
+
+
 def command_teachers(args: argparse.Namespace) -> int:
     from kdcore import teachers
 
@@ -1614,6 +1631,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="output file")
     export.add_argument("--config", help="YAML file whose keys mirror these flags")
     export.set_defaults(handler=command_export)
+
+    enhance = _sub(commands, "enhance", "denoise a WAV file or a folder of them with a trained "
+                   "mask student (.pt) or a registered enhancement teacher (nsnet2)")
+    enhance.add_argument("--model", help="student file (.pt) or teacher name, e.g. nsnet2")
+    enhance.add_argument("--overwrite", action="store_true",
+                         help="replace an output file or a non-empty output folder")
+    enhance.add_argument("input", help="noisy WAV file or folder")
+    enhance.add_argument("output", help="enhanced WAV file or folder (same rate and length)")
+    enhance.set_defaults(handler=command_enhance)
 
     teachers = _sub(commands, "teachers", "the registry of pretrained teachers: name, task, "
                     "sample rate, parameters, package, licence, installed")
