@@ -97,7 +97,8 @@ def _softplus(x):
 
 
 def _sigmoid(x):
-    with np.errstate(over="ignore"):
+    # np.where evaluates both branches; the unused one may overflow (inf/inf) at huge |x|
+    with np.errstate(over="ignore", invalid="ignore"):
         return np.where(x >= 0, 1 / (1 + np.exp(-x)), np.exp(x) / (1 + np.exp(x)))
 
 
