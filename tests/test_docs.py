@@ -290,6 +290,8 @@ def test_teachers_cache_fill_renders_from_the_json():
 
 def test_teachers_pitch_enhancement_ctc_render_when_present(tmp_path):
     data = _teachers_file()
+    for key in ("pitch", "enhancement", "ctc"):  # each is added below, after its absence
+        data.pop(key, None)
 
     def scores(rpa):
         return {"rpa": rpa, "rca": rpa + 0.01, "cents_rmse": 300.0, "voicing_f1": 0.5}
