@@ -8,11 +8,16 @@ outputs.
 
 from __future__ import annotations
 
+import csv
+import os
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
+from kdcore.data.audio import read_audio
 from kdcore.eval.metrics import (
     character_error_rate,
     ctc_greedy_decode,
@@ -21,8 +26,8 @@ from kdcore.eval.metrics import (
 )
 from kdcore.frontend import LogMel
 
-__all__ = ["DIGITS", "CTCCollate", "ctc_text_metrics", "digits_frontend", "evaluate_ctc",
-           "transcribe"]
+__all__ = ["DIGITS", "CTCCollate", "TranscriptManifest", "ctc_text_metrics", "digits_frontend",
+           "evaluate_ctc", "transcribe"]
 
 DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
 
@@ -36,6 +41,68 @@ def digits_frontend(sample_rate: int = 8000, *, n_mels: int = 40, backend: str =
     hop = max(1, round(0.016 * sample_rate))
     return LogMel(sample_rate=sample_rate, n_fft=2 * hop, hop_length=hop, n_mels=n_mels,
                   log="ln", log_eps=1e-6, backend=backend)
+
+
+class TranscriptManifest(Dataset):
+    """Utterances listed in a CSV manifest with columns ``path`` and ``transcript`` (words
+    joined by spaces; optional ``speaker`` and ``split``), such as the folder written by
+    :func:`kdcore.data.write_connected_digits`. Paths are relative to the manifest.
+
+    Args:
+        manifest: the CSV path.
+        vocabulary: the words, token ``i`` being ``vocabulary[i]``. Default the digits.
+        sample_rate: Hz the audio is resampled to (soxr). Default 8000.
+        split: keep only rows whose ``split`` equals it. Default None: all rows.
+        speakers: keep only these speakers (needs a ``speaker`` column). Default None.
+
+    Items match :class:`kdcore.data.ConnectedDigits` for :class:`CTCCollate`: ``waveform``
+    (T,) float32, ``transcript`` (str), ``targets`` (N,) int64 word indices, ``speaker``
+    (str, "" without the column), ``index`` (int). An unknown word raises ValueError naming
+    the file and row.
+    """
+
+    def __init__(self, manifest: str | os.PathLike, *, vocabulary: Sequence[str] = DIGITS,
+                 sample_rate: int = 8000, split: str | None = None,
+                 speakers: Sequence[str] | None = None) -> None:
+        path = Path(manifest)
+        if not path.is_file():
+            raise FileNotFoundError(f"manifest not found: {path}")
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header = [h.strip() for h in reader.fieldnames or []]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+        need = ["path", "transcript"] + (["split"] if split is not None else []) + (
+            ["speaker"] if speakers is not None else [])
+        missing = [c for c in need if c not in header]
+        if missing:
+            raise ValueError(f"{path}: manifest needs columns {need}, missing {missing}")
+        token = {word: i for i, word in enumerate(vocabulary)}
+        self.items: list[tuple[Path, str, list[int], str]] = []
+        keep = None if speakers is None else {str(s) for s in speakers}
+        for line, row in enumerate(rows, start=2):
+            if split is not None and row["split"] != split:
+                continue
+            if keep is not None and row["speaker"] not in keep:
+                continue
+            words = row["transcript"].split()
+            unknown = [w for w in words if w not in token]
+            if not row["path"] or not words or unknown:
+                raise ValueError(f"{path}: row {line} needs a path and a transcript of words "
+                                 f"in the vocabulary (unknown: {unknown})")
+            self.items.append((path.parent / row["path"], " ".join(words),
+                               [token[w] for w in words], row.get("speaker", "")))
+        if not self.items:
+            raise ValueError(f"{path}: no rows left after the split/speakers filters")
+        self.sample_rate, self.vocabulary = sample_rate, tuple(vocabulary)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        audio, transcript, tokens, speaker = self.items[index]
+        return {"waveform": torch.from_numpy(read_audio(audio, self.sample_rate)),
+                "transcript": transcript, "targets": torch.tensor(tokens, dtype=torch.int64),
+                "speaker": speaker, "index": index}
 
 
 class CTCCollate:

@@ -10,8 +10,15 @@ import torch
 from torch import nn
 
 from kdcore import Distiller, Trainer
-from kdcore.asr import CTCCollate, ctc_text_metrics, digits_frontend, evaluate_ctc, transcribe
-from kdcore.data import ConnectedDigits
+from kdcore.asr import (
+    CTCCollate,
+    TranscriptManifest,
+    ctc_text_metrics,
+    digits_frontend,
+    evaluate_ctc,
+    transcribe,
+)
+from kdcore.data import ConnectedDigits, write_connected_digits
 from kdcore.models import CTCConvNet, create
 
 from .conftest import SHARED
@@ -101,6 +108,21 @@ def test_collate_pads_offsets_and_lengths_match_unpadded_outputs():
     assert batch["index"].tolist() == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="waveform"):
         collate([{"targets": torch.tensor([1])}])
+
+
+def test_transcript_manifest_reads_written_utterances_back(tmp_path):
+    data, _, _, _ = _setup(n=3)
+    manifest = write_connected_digits(data, tmp_path, subtype="FLOAT", split="test")
+    back = TranscriptManifest(manifest, split="test")
+    assert len(back) == 3
+    for i in range(3):
+        item, again = data[i], back[i]
+        assert again["transcript"] == item["transcript"] and again["speaker"] == item["speaker"]
+        assert torch.equal(again["targets"], item["targets"])
+        torch.testing.assert_close(again["waveform"], item["waveform"])
+    (tmp_path / "bad.csv").write_text("path,transcript\nutt_000000.wav,1 x\n")
+    with pytest.raises(ValueError, match="bad.csv: row 2"):
+        TranscriptManifest(tmp_path / "bad.csv")
 
 
 # ---------------------------------------------------------------------------------- training
