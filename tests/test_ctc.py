@@ -208,3 +208,15 @@ def test_real_fsdd_connected_digits_one_training_step():
                       precision="fp32")
     trainer.fit([batch], epochs=1)
     assert math.isfinite(trainer.evaluate([batch])["ctc_loss"])
+
+
+def test_model_checkpoint_round_trip(tmp_path):
+    from kdcore.checkpoints import load_model_checkpoint, save_model_checkpoint
+
+    model = create("ctc_conv", 11, n_mels=12, width=6, depth=1, stride=3, gru=True).eval()
+    path = save_model_checkpoint(tmp_path / "m.pt", model, class_names=["<blank>", *"0123456789"],
+                                 frontend={}, clip_samples=8000)
+    loaded = load_model_checkpoint(path)
+    x = torch.randn(2, 12, 20)
+    assert loaded.model.config() == model.config()
+    torch.testing.assert_close(loaded.model(x), model(x))
