@@ -158,7 +158,7 @@ def save(args: argparse.Namespace, per_seed: list[dict], wall_s: float,
                    "batch_size": args.batch_size, "lr": args.lr, "schedule": "onecycle",
                    "optimizer": "adamw", "clip_grad_norm": 5.0,
                    "note": "small data, small models and few epochs, sized to finish 3 seeds "
-                           "in under 45 minutes on 2 CPU cores shared by 8 workers; not converged"},
+                           "in about 20 minutes on 2 shared CPU cores; not converged"},
         "data": {"source": "FSDD manifest (8 kHz)", "digits_per_utterance": [2, 7],
                  "held_out_speakers": list(HELD_OUT), "train_split": "train"},
         "models": {"family": "ctc_conv", "teacher_width": args.teacher_width,
