@@ -5,6 +5,8 @@
 - ``student_dscnn``: :class:`StudentDSCNN`, depthwise separable; ``width`` 24..200 gives
   ~20k..1.1M params.
 - ``transformer``: :class:`AudioTransformer`, pre-norm encoder; ``dim``, ``depth``.
+- ``ctc_conv``: :class:`CTCConvNet`, a 1-D conv (+ optional GRU) CTC encoder giving
+  (B, frames', num_classes) log-probabilities; ``width`` 48..256 gives ~58k..1.4M params.
 - ``hf``: :class:`HFAudioClassifier`, a local HuggingFace model directory (``path``;
   needs ``kdcore[hf]``).
 - ``pitch_student``: :class:`PitchStudent`, a narrow CREPE-style CNN on CREPE's normalised
@@ -18,6 +20,7 @@ from __future__ import annotations
 from kdcore.models.attention import AudioTransformer
 from kdcore.models.base import AudioClassifier, count_macs, count_parameters
 from kdcore.models.cnn import StudentDSCNN, TeacherCNN
+from kdcore.models.ctc import CTCConvNet
 from kdcore.models.ensemble import TeacherEnsemble
 from kdcore.models.hf import HFAudioClassifier
 from kdcore.models.pitch import PitchStudent
@@ -26,6 +29,7 @@ MODELS: dict[str, type[AudioClassifier]] = {
     "teacher_cnn": TeacherCNN,
     "student_dscnn": StudentDSCNN,
     "transformer": AudioTransformer,
+    "ctc_conv": CTCConvNet,
     "hf": HFAudioClassifier,
     "pitch_student": PitchStudent,
 }
@@ -54,6 +58,7 @@ __all__ = [
     "MODELS",
     "AudioClassifier",
     "AudioTransformer",
+    "CTCConvNet",
     "HFAudioClassifier",
     "PitchStudent",
     "StudentDSCNN",
