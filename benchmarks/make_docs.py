@@ -707,7 +707,13 @@ def demo_sentence(data: dict) -> str:
     run = "`kdcore demo --quick`" if report.get("quick") else "`kdcore demo`"
     if seconds is None:
         return f"The time of {run} is not recorded yet."
-    return (f"Measured: {run} took {seconds:.0f} s on {fmt(machine.get('cpu_count'))} CPU "
+    quick = report.get("quick_wall_s")
+    if isinstance(quick, (int, float)):
+        run += f" took {seconds:.0f} s and `--quick` {quick:.0f} s"
+    else:
+        run += f" took {seconds:.0f} s"
+    return (f"Measured from a fresh clone after install: {run} on "
+            f"{fmt(machine.get('cpu_count'))} CPU "
             f"cores ({fmt(report.get('torch_threads'))} torch threads, torch "
             f"{machine.get('torch', '–')}, {short_date(report.get('date'))}; "
             "[demo-vad.json](benchmarks/results/demo-vad.json)).")
