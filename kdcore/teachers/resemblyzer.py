@@ -22,8 +22,6 @@ parameters). The utterance embedding is the mean of its partial embeddings, L2-n
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from typing import Any
 
 import numpy as np
@@ -45,19 +43,6 @@ RATE = 1.3
 MIN_COVERAGE = 0.75
 WEIGHTS_FILE = "pretrained.pt"
 PACKAGE = "resemblyzer==0.1.4"
-
-
-def _package_file(import_name: str, name: str) -> str:
-    """Path of ``name`` inside the installed package ``import_name``, found with
-    ``importlib.util.find_spec`` without importing the package (FileNotFoundError naming the
-    package and its install command when absent)."""
-    found = importlib.util.find_spec(import_name)
-    for location in (found.submodule_search_locations or []) if found else []:
-        path = os.path.join(location, name)
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError(f"{name} not found: install the {PACKAGE!r} package "
-                            f"(pip install --no-deps {PACKAGE})")
 
 
 def partial_starts(samples: int, rate: float = RATE, min_coverage: float = MIN_COVERAGE
@@ -180,7 +165,9 @@ class SpeakerEncoder(nn.Module):
 
 def weights_path() -> str:
     """Path of ``resemblyzer/pretrained.pt`` in the installed package (not imported)."""
-    return _package_file("resemblyzer", WEIGHTS_FILE)
+    from kdcore.teachers import package_file
+
+    return str(package_file("resemblyzer", WEIGHTS_FILE))
 
 
 def load_model(path: str | None = None) -> SpeakerEncoder:
