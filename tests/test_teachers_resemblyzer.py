@@ -4,24 +4,21 @@ float64 NumPy re-derivation of the LSTM from the state dict (needs only the weig
 
 from __future__ import annotations
 
-import csv
 import importlib
 import importlib.util
-import os
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import SHARED
+from tests import teacher_helpers
 
 resemblyzer = pytest.importorskip("kdcore.teachers.resemblyzer")
 
 HAVE_WEIGHTS = importlib.util.find_spec("resemblyzer") is not None
 needs_weights = pytest.mark.skipif(
     not HAVE_WEIGHTS, reason="needs resemblyzer (pip install --no-deps resemblyzer==0.1.4)")
-FSDD = os.path.join(SHARED, "data", "fsdd")
 
 
 def _package():
@@ -48,23 +45,8 @@ def teacher():
 
 
 def fsdd_clips(count: int) -> list[np.ndarray]:
-    """``count`` FSDD clips (one per speaker), 8 kHz -> 16 kHz with soxr, float32."""
-    soundfile = pytest.importorskip("soundfile")
-    soxr = pytest.importorskip("soxr")
-    manifest = os.path.join(FSDD, "manifest.csv")
-    if not os.path.isfile(manifest):
-        pytest.skip(f"FSDD is not at {FSDD}")
-    clips, speakers = [], set()
-    with open(manifest, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["speaker"] in speakers:
-                continue
-            speakers.add(row["speaker"])
-            audio, rate = soundfile.read(os.path.join(FSDD, row["path"]), dtype="float32")
-            clips.append(soxr.resample(audio, rate, 16000).astype(np.float32))
-            if len(clips) == count:
-                break
-    return clips
+    """``count`` FSDD clips (one per speaker) at 16 kHz, float32."""
+    return [clip.astype(np.float32) for clip in teacher_helpers.fsdd_clips(count)]
 
 
 def generated(samples: int, seed: int) -> np.ndarray:
