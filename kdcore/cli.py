@@ -49,6 +49,7 @@ from kdcore.engine.config import (
     TeacherConfig,
 )
 from kdcore.errors import UserInputError
+from kdcore.ops.feature_loss import KINDS as FEATURE_KINDS
 
 EXIT_USAGE = 2
 SYNTHETIC = "synthetic"
@@ -179,6 +180,7 @@ class Data:
     summary: str
     validation: torch.utils.data.Dataset | None = None
     skipped: list = field(default_factory=list)
+    collate: object = None  # the sequence tasks' kdcore.data.tasks.TaskCollate
 
 
 def _data_key(args: argparse.Namespace) -> dict:
@@ -201,14 +203,17 @@ def clip_samples(args: argparse.Namespace) -> int:
 
 
 def load_data(args: argparse.Namespace, *, split: str = "test", need_train: bool = True,
-              deterministic_train: bool = False) -> Data:
+              deterministic_train: bool = False, classes: list[str] | None = None,
+              per_frame: bool | None = None) -> Data:
     """Datasets of ``args.data``: the training split (random crops unless
     ``deterministic_train``), followed by the clips of ``args.unlabelled`` without labels when
     given (:class:`kdcore.data.TransferSet`), the ``val`` split and ``split`` (centre crops;
     ``all`` is every file). Every file is decoded here, so bad audio surfaces before anything
-    is written."""
+    is written. ``classes``/``per_frame``: see :func:`kdcore.data.tasks.load_task_source`
+    (the sequence tasks)."""
     data = _labelled_data(args, split=split, need_train=need_train,
-                          deterministic_train=deterministic_train)
+                          deterministic_train=deterministic_train, classes=classes,
+                          per_frame=per_frame)
     if need_train and getattr(args, "unlabelled", None):
         from kdcore.data import AudioFileDataset, TransferSet, unlabelled_files
 
@@ -229,8 +234,9 @@ def _split_counts(parts: dict[str, list[int]]) -> str:
 
 
 def _labelled_data(args: argparse.Namespace, *, split: str, need_train: bool,
-                   deterministic_train: bool) -> Data:
-    from kdcore.data import SyntheticAudio, load_source
+                   deterministic_train: bool, classes: list[str] | None = None,
+                   per_frame: bool | None = None) -> Data:
+    from kdcore.data import SyntheticAudio
 
     if args.sample_rate < 1000:
         raise CLIError(f"--sample-rate must be at least 1000 Hz, got {args.sample_rate}")
@@ -261,8 +267,7 @@ def _labelled_data(args: argparse.Namespace, *, split: str, need_train: bool,
                     evaluation, split,
                     f"SyntheticAudio: {counts} clips, {len(SyntheticAudio.classes)} classes",
                     validation=parts["val"] if need_train else None)
-    source = load_source(args.data, skip_bad=args.skip_bad, decode=args.skip_bad,
-                         allow_duplicates=getattr(args, "allow_duplicates", False), task=task)
+    source = data_source(args, classes=classes, per_frame=per_frame)
     parts = source.split(group_column=args.group_split, test_fraction=args.test_fraction,
                          val_fraction=val_fraction, seed=args.seed)
     if split == "all":
@@ -282,6 +287,9 @@ def _labelled_data(args: argparse.Namespace, *, split: str, need_train: bool,
            f"group split by {args.group_split!r}, seed {args.seed}" if args.group_split else
            f"stratified random split, seed {args.seed}")
     line = f"{len(source.records)} files in {len(source.classes)} classes from {source.root}"
+    if not getattr(source, "labelled", True):
+        line = (f"{len(source.records)} unlabelled files from {args.data} (teacher-only "
+                f"distillation, the teacher's {len(source.classes)} classes)")
     if source.skipped:
         line += f"; skipped {len(source.skipped)} bad entries"
     summary = f"{line}; {how}: {_split_counts(parts)}"
@@ -294,6 +302,24 @@ def _labelled_data(args: argparse.Namespace, *, split: str, need_train: bool,
         summary += f"; scoring the {split} split (--split all scores every file)"
     return Data(list(source.classes), train, evaluation, split, summary, validation,
                 list(source.skipped))
+
+
+def data_source(args: argparse.Namespace, *, check_audio: bool = True,
+                classes: list[str] | None = None, per_frame: bool | None = None):
+    """The :class:`kdcore.data.AudioSource` of ``--data`` for ``--task``: the sequence tasks'
+    :func:`kdcore.data.tasks.load_task_source` (labels required by ``train`` and ``eval``),
+    else :func:`kdcore.data.load_source`."""
+    from kdcore.data import load_source
+    from kdcore.data.tasks import SEQUENCE_TASKS, load_task_source
+
+    task = getattr(args, "task", "multiclass")
+    common = {"skip_bad": args.skip_bad, "decode": args.skip_bad and check_audio,
+              "check_audio": check_audio,
+              "allow_duplicates": getattr(args, "allow_duplicates", False)}
+    if task in SEQUENCE_TASKS:
+        return load_task_source(args.data, task, classes=classes, per_frame=per_frame,
+                                require_targets=args.command != "distill", **common)
+    return load_source(args.data, task=task, **common)
 
 
 def parse_model_args(pairs: list[str] | None) -> dict:
@@ -332,26 +358,29 @@ def build_model(name: str, num_classes: int, args: argparse.Namespace) -> nn.Mod
 
 
 def training_frontend(config: dict, args: argparse.Namespace, augment: bool) -> nn.Module:
-    """Log-mel with waveform gain/shift and SpecAugment (``augment``), else log-mel only."""
+    """Log-mel with waveform gain/shift and SpecAugment (``augment``), else log-mel only;
+    no shift for the sequence tasks, whose targets are tied to the frames."""
     from kdcore.checkpoints import build_frontend
     from kdcore.data import SpecAugment, WaveAugment
+    from kdcore.data.tasks import SEQUENCE_TASKS
 
     log_mel = build_frontend(config, args.backend)
     if not augment:
         return log_mel
+    shift = 0 if getattr(args, "task", None) in SEQUENCE_TASKS else args.sample_rate // 20
     return nn.Sequential(
-        WaveAugment(gain_db=(-6.0, 6.0), max_shift=args.sample_rate // 20), log_mel,
+        WaveAugment(gain_db=(-6.0, 6.0), max_shift=shift), log_mel,
         SpecAugment(freq_masks=2, freq_width=max(1, args.n_mels // 8), time_masks=2,
                     time_width=8))
 
 
-def _loader(dataset, batch_size: int, shuffle: bool):
+def _loader(dataset, batch_size: int, shuffle: bool, collate=None):
     from torch.utils.data import DataLoader
 
     from kdcore.data import collate_audio
 
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                      collate_fn=collate_audio)
+                      collate_fn=collate or collate_audio)
 
 
 def available_devices() -> list[str]:
@@ -483,10 +512,11 @@ def objective_config(args: argparse.Namespace, *, alpha: float | None = None,
     """The :class:`ObjectiveConfig` of a train/distill run."""
     extra = {} if alpha is None else {"alpha": alpha, "temperature": temperature}
     return _user_config(ObjectiveConfig, task=args.task, mixup=args.mixup,
-                        loss_backend=args.backend, **extra)
+                        distance=args.distance, loss_backend=args.backend, **extra)
 
 
-def make_trainer(model: nn.Module, args: argparse.Namespace, *, augment: bool):
+def make_trainer(model: nn.Module, args: argparse.Namespace, *, augment: bool,
+                 classes: list[str] | None = None):
     """The :class:`kdcore.Trainer` of a train run (plain supervised training, weights saved
     under ``"model"``), built and so checked before anything is written to ``--out``."""
     from kdcore import Trainer
@@ -494,18 +524,21 @@ def make_trainer(model: nn.Module, args: argparse.Namespace, *, augment: bool):
     objective = objective_config(args)
     frontend = model_frontend(args, augment)
     return Trainer(model, task=objective.task, frontend=frontend, mixup=objective.mixup,
-                   loss_backend=objective.loss_backend, metrics=task_metrics(args.task),
-                   config=loop_config(args))
+                   loss_backend=objective.loss_backend, distance=objective.distance,
+                   metrics=task_metrics(args.task, classes), config=loop_config(args))
 
 
 def make_distiller(teacher: nn.Module, student: nn.Module, args: argparse.Namespace, *,
                    augment: bool, teacher_mode: str = "online",
                    feature_pairs: list[tuple[str, str]] | None = None,
                    feature_weight: float = 0.0, cache_dir: Path | None = None,
-                   teacher_frontend: nn.Module | None = None):
+                   teacher_frontend: nn.Module | None = None,
+                   classes: list[str] | None = None):
     """The :class:`kdcore.Distiller` of a distill run (built, and so checked, before
-    anything is written to ``--out``). ``teacher_frontend`` [None: the student's]."""
+    anything is written to ``--out``). ``teacher_frontend`` [None: the student's]; per-frame
+    teacher and student outputs are aligned by their frame rates (log-mel hop and stride)."""
     from kdcore import Distiller
+    from kdcore.data.tasks import model_frame_rate
 
     objective = objective_config(args, alpha=args.alpha, temperature=args.temperature)
     teacher_config = _user_config(TeacherConfig, teacher_mode=teacher_mode,
@@ -515,23 +548,29 @@ def make_distiller(teacher: nn.Module, student: nn.Module, args: argparse.Namesp
     frontend = model_frontend(args, augment)
     fronts = ({"frontend": frontend} if teacher_frontend is None else
               {"teacher_frontend": teacher_frontend, "student_frontend": frontend})
+    rates = {}
+    if teacher_frontend is None:
+        rates = {"teacher_frame_rate": model_frame_rate(teacher, args.sample_rate,
+                                                        args.hop_length),
+                 "student_frame_rate": model_frame_rate(student, args.sample_rate,
+                                                        args.hop_length)}
+        rates = rates if None not in rates.values() else {}
     return Distiller(teacher, student, **fronts, task=objective.task,
                      temperature=objective.temperature, alpha=objective.alpha,
                      mixup=objective.mixup, loss_backend=objective.loss_backend,
-                     metrics=task_metrics(args.task),
+                     distance=objective.distance, **rates,
+                     metrics=task_metrics(args.task, classes),
                      **{k: v for k, v in teacher_config.to_dict().items()
                         if k in ("teacher_mode", "feature_pairs", "feature_weight",
                                  "cache_dir") and v is not None},
                      **loop.to_dict())
 
 
-def task_metrics(task: str) -> dict | None:
-    """Extra validation metrics of ``task``: multilabel adds ``mAP`` and ``micro_ap``."""
-    if task != "multilabel":
-        return None
-    from kdcore.eval.metrics import mean_average_precision, micro_average_precision
+def task_metrics(task: str, classes: list[str] | None = None) -> dict | None:
+    """Extra validation metrics of ``task`` (:func:`kdcore.eval.tasks.task_metrics`)."""
+    from kdcore.eval.tasks import task_metrics as metrics
 
-    return {"mAP": mean_average_precision, "micro_ap": micro_average_precision}
+    return metrics(task, classes or [])
 
 
 @torch.no_grad()
@@ -640,8 +679,8 @@ def is_registered_teacher(values: object) -> bool:
 def _fit(distiller, data: Data, args: argparse.Namespace, out: Path) -> None:
     """``distiller.fit`` on the training split, validating on the ``val`` split (never on
     test) when the data has one."""
-    train_loader = _loader(data.train, args.batch_size, shuffle=True)
-    val_loader = (_loader(data.validation, args.batch_size, shuffle=False)
+    train_loader = _loader(data.train, args.batch_size, shuffle=True, collate=data.collate)
+    val_loader = (_loader(data.validation, args.batch_size, shuffle=False, collate=data.collate)
                   if data.validation is not None else None)
     try:
         history = distiller.fit(train_loader, val_loader, epochs=args.epochs, out_dir=out,
@@ -656,23 +695,33 @@ def _fit(distiller, data: Data, args: argparse.Namespace, out: Path) -> None:
     print(f"last epoch: {shown}")
 
 
-CLI_TASKS = ("multiclass", "multilabel")
-
-
 def check_task(args: argparse.Namespace) -> None:
-    """``--task`` must have a data format the command line reads."""
+    """``--task`` with what the command line reads for it: the sequence tasks (ctc, frame,
+    frame_multilabel, regression) have no teacher cache yet (``--teacher-mode cached``,
+    ``cache-teacher``)."""
+    from kdcore.data.tasks import SEQUENCE_TASKS
+
     task = getattr(args, "task", "multiclass")
-    if task in CLI_TASKS:
-        return
-    if task in ("frame", "frame_multilabel", "regression"):
-        raise CLIError(f"--task {task}: the command line has no data format for per-frame or "
-                       "regression targets; train it from Python with kdcore.Trainer(model, "
-                       f"task={task!r}) or kdcore.Distiller(teacher, student, task={task!r}) "
-                       "and your own DataLoader (see docs/engine.md)")
-    raise CLIError(f"--task {task}: no model of the command line's zoo outputs per-frame "
-                   "log-probabilities (B, T, C), which ctc needs; train it from Python with "
-                   f"kdcore.Trainer(model, task={task!r}) or kdcore.Distiller(teacher, "
-                   f"student, task={task!r}) and a loader of transcripts (see docs/engine.md)")
+    cached = args.command == "cache-teacher" or getattr(args, "teacher_mode", None) == "cached"
+    if task in SEQUENCE_TASKS and cached:
+        raise CLIError(f"--task {task}: the teacher cache holds fixed-shape outputs and these "
+                       "utterances vary in length; distil with --teacher-mode online")
+
+
+def bind_task_data(data: Data, model: nn.Module, args: argparse.Namespace, name: str,
+                   log_mel: nn.Module | None = None) -> None:
+    """For the sequence tasks, set ``data.collate`` to the batches of ``model`` (named
+    ``name``) behind ``log_mel`` [None: the flags' log-mel], checking every item's targets
+    against its output frames (:func:`kdcore.data.tasks.task_collate`)."""
+    from kdcore.checkpoints import build_frontend
+    from kdcore.data.tasks import SEQUENCE_TASKS, model_frames, task_collate
+
+    if args.task in SEQUENCE_TASKS:
+        log_mel = log_mel or build_frontend(frontend_config(args), "reference")
+        frames = model_frames(model, log_mel)
+        data.collate = task_collate(args.task, frames,
+                                    [data.train, data.validation, data.evaluation],
+                                    model_name=name)
 
 
 def check_training_args(args: argparse.Namespace) -> None:
@@ -912,7 +961,7 @@ def _finish_training(engine, model: nn.Module, data: Data, args: argparse.Namesp
     from kdcore.checkpoints import build_frontend, save_model_checkpoint
 
     _final_weights(engine, model)
-    meta = {**meta, "ema": args.ema, "task": args.task}
+    meta = {**meta, "ema": args.ema, "task": args.task, "distance": args.distance}
     path = save_model_checkpoint(out / "model.pt", model, class_names=data.class_names,
                                  frontend=frontend_config(args), clip_samples=clip_samples(args),
                                  meta=meta)
@@ -925,6 +974,12 @@ def _finish_training(engine, model: nn.Module, data: Data, args: argparse.Namesp
         tagging_report(frontend, model,
                        data.evaluation, data.class_names, args.batch_size, _device(args), out,
                        data.evaluation_split)
+        return
+    if data.collate is not None:
+        from kdcore.eval.tasks import task_report
+
+        task_report(engine, _loader(data.evaluation, args.batch_size, False, data.collate),
+                    task=args.task, split=data.evaluation_split, out=out)
         return
     labels, predictions = predict(frontend, model, data.evaluation, args.batch_size,
                                   _device(args),
@@ -994,7 +1049,8 @@ def command_train(args: argparse.Namespace) -> int:
     print(data.summary, flush=True)
     seed_run(args)
     model = build_model(args.model, len(data.class_names), args)
-    trainer = make_trainer(model, args, augment=not args.no_augment)
+    bind_task_data(data, model, args, args.model)
+    trainer = make_trainer(model, args, augment=not args.no_augment, classes=data.class_names)
     check_resume(plan, args, model, trainer)
     start_run(plan, "train", args, data)
     print(f"{args.model}: {model.num_parameters():,} parameters", flush=True)
@@ -1016,7 +1072,8 @@ def teacher_paths(args: argparse.Namespace) -> list[str]:
     return paths
 
 
-def _load_teacher(paths: list[str], args: argparse.Namespace, data_classes: list[str]):
+def _load_teacher(paths: list[str], args: argparse.Namespace,
+                  data_classes: list[str] | None):
     """The ``--teacher`` checkpoint (``paths``, from :func:`teacher_paths`); with several,
     one whose ``model`` is a :class:`kdcore.models.TeacherEnsemble` (mean of the members'
     logits). The members must share class names, frontend and clip length. ``args``' frontend
@@ -1028,7 +1085,7 @@ def _load_teacher(paths: list[str], args: argparse.Namespace, data_classes: list
 
     teachers = [load_model_checkpoint(path) for path in paths]
     for path, teacher in zip(paths, teachers, strict=True):
-        if teacher.class_names != data_classes:
+        if data_classes is not None and teacher.class_names != data_classes:
             raise CLIError(f"teacher {path} was trained on classes "
                            f"{teacher.class_names[:6]}"
                            f"{'...' if teacher.num_classes > 6 else ''} "
@@ -1077,9 +1134,17 @@ def _check_cache_dir(cache_dir: Path, args: argparse.Namespace) -> None:
                        "flags")
 
 
+def _data_classes(args: argparse.Namespace) -> list[str] | None:
+    """The classes of ``--data`` read without decoding audio; None for a sequence task,
+    whose data is then read with the teacher's classes (and checked against them)."""
+    if args.task in _sequence_tasks():
+        return None
+    return list(data_source(args, check_audio=False).classes)
+
+
 def command_distill(args: argparse.Namespace) -> int:
     _require(args, "data", "teacher", "student", "out")
-    from kdcore.data import SyntheticAudio, load_source
+    from kdcore.data import SyntheticAudio
 
     _check_model_name(args.student)
     _device(args)
@@ -1089,9 +1154,7 @@ def command_distill(args: argparse.Namespace) -> int:
     paths = ([str(args.teacher[0] if isinstance(args.teacher, (list, tuple)) else args.teacher)]
              if registered else teacher_paths(args))  # a missing checkpoint fails fast
     classes = (list(SyntheticAudio.classes) if str(args.data) == SYNTHETIC
-               else load_source(args.data, skip_bad=args.skip_bad, check_audio=False,
-                                allow_duplicates=args.allow_duplicates,
-                                task=args.task).classes)
+               else _data_classes(args))
     teacher_frontend = None
     if registered:
         bundle, teacher_frontend = registered_teacher(paths[0], args, classes)
@@ -1100,7 +1163,9 @@ def command_distill(args: argparse.Namespace) -> int:
         teacher = _load_teacher(paths, args, classes)
     check_frontend(args)
     cached = args.teacher_mode == "cached"
-    data = load_data(args, deterministic_train=cached)
+    data = load_data(args, deterministic_train=cached, classes=classes or list(
+        getattr(teacher, "class_names", [])) or None,
+        per_frame=callable(getattr(teacher.model, "output_frames", None)))
     print(data.summary, flush=True)
     pairs = parse_feature_pairs(args.feature_pair)
     weight = args.feature_weight if args.feature_weight is not None else (1.0 if pairs else 0.0)
@@ -1109,7 +1174,8 @@ def command_distill(args: argparse.Namespace) -> int:
         _check_cache_dir(cache_dir, args)
     seed_run(args)
     student = build_model(args.student, len(data.class_names), args)
-    distiller = make_distiller(teacher.model, student, args,
+    bind_task_data(data, student, args, args.student)
+    distiller = make_distiller(teacher.model, student, args, classes=data.class_names,
                                augment=not (args.no_augment or cached),
                                teacher_mode=args.teacher_mode, feature_pairs=pairs,
                                feature_weight=weight, cache_dir=cache_dir,
@@ -1141,6 +1207,12 @@ def _refuse_training_run(out: Path) -> None:
                        "replace its report.json and run.json: pick another --out")
 
 
+def _sequence_tasks() -> tuple[str, ...]:
+    from kdcore.data.tasks import SEQUENCE_TASKS
+
+    return SEQUENCE_TASKS
+
+
 def command_eval(args: argparse.Namespace) -> int:
     _require(args, "data", "model")
     from kdcore.checkpoints import load_model_checkpoint
@@ -1151,7 +1223,8 @@ def command_eval(args: argparse.Namespace) -> int:
     args.clip_seconds = checkpoint.clip_samples / checkpoint.sample_rate
     args.task = checkpoint.meta.get("task", "multiclass") if isinstance(
         checkpoint.meta, dict) else "multiclass"
-    data = load_data(args, split=args.split, need_train=False)
+    data = load_data(args, split=args.split, need_train=False,
+                     classes=checkpoint.class_names if args.task in _sequence_tasks() else None)
     if data.class_names != checkpoint.class_names:
         raise CLIError(f"{args.model} was trained on {checkpoint.num_classes} classes "
                        f"{checkpoint.class_names[:6]} but --data has {len(data.class_names)} "
@@ -1167,6 +1240,19 @@ def command_eval(args: argparse.Namespace) -> int:
         tagging_report(frontend, checkpoint.model,
                        data.evaluation, data.class_names, args.batch_size, device, out,
                        args.split)
+        return 0
+    if args.task in _sequence_tasks():
+        from kdcore import Trainer
+        from kdcore.eval.tasks import task_report
+
+        bind_task_data(data, checkpoint.model, args, checkpoint.model_name,
+                       checkpoint.build_frontend("reference"))
+        trainer = Trainer(checkpoint.model, task=args.task, frontend=frontend,
+                          distance=checkpoint.meta.get("distance", "mse"),
+                          metrics=task_metrics(args.task, checkpoint.class_names),
+                          config=LoopConfig(device=str(device), progress=False))
+        task_report(trainer, _loader(data.evaluation, args.batch_size, False, data.collate),
+                    task=args.task, split=args.split, out=out)
         return 0
     labels, predictions = predict(frontend, checkpoint.model,
                                   data.evaluation, args.batch_size, device,
@@ -1265,6 +1351,28 @@ def command_enhance(args: argparse.Namespace) -> int:
         raise CLIError(str(error)) from error
     more = f" and {len(written) - 1} more" if len(written) > 1 else ""
     print(f"wrote {written[0]}{more}" if written else "no WAV files found")
+    return 0
+
+
+def command_data_digits(args: argparse.Namespace) -> int:
+    """Write a connected-digit CTC set (:func:`kdcore.data.write_connected_digits_splits`)."""
+    _require(args, "source", "out")
+    from kdcore.data import write_connected_digits_splits
+
+    out = Path(args.out)
+    for path in guard_out(out, ("manifest.csv",), args.overwrite, "data set"):
+        shutil.rmtree(path)
+    held = [s.strip() for s in args.test_speakers.split(",")] if args.test_speakers else None
+    try:
+        manifest = write_connected_digits_splits(
+            args.source, out, utterances={"train": args.train, "val": args.val,
+                                          "test": args.test},
+            test_speakers=held, digits=tuple(args.digits), sample_rate=args.sample_rate,
+            seed=args.seed)
+    except ValueError as error:
+        raise CLIError(f"--source {args.source}: {error}") from None
+    print(f"wrote {manifest}; train on it with `kdcore train --task ctc --data {manifest} "
+          "--model ctc_conv ...`")
     return 0
 
 
@@ -1467,9 +1575,14 @@ def _add_task(groups: dict) -> None:
     groups["objective"].add_argument(
         "--task", choices=TASKS, default=_config_default(ObjectiveConfig, "task"),
         help="what the model predicts: multiclass (a 'label' per clip), multilabel (a "
-             "manifest 'labels' column of ';'-separated tags) or ctc (a manifest "
-             "'transcript' column); frame, frame_multilabel and regression have no CLI data "
-             "format (use the kdcore.Trainer / kdcore.Distiller API)")
+             "manifest 'labels' column of ';'-separated tags), ctc (a manifest 'transcript' "
+             "column), frame / frame_multilabel (a manifest 'frames' column naming .npy "
+             "per-frame labels) or regression (a 'target' column naming .npy targets); "
+             "distill also takes a folder of unlabelled audio (docs/cli.md)")
+    groups["objective"].add_argument(
+        "--distance", choices=FEATURE_KINDS,
+        default=_config_default(ObjectiveConfig, "distance"),
+        help="--task regression: the distance to the teacher's output and to the targets")
 
 
 def _add_training(groups: dict) -> None:
@@ -1640,6 +1753,28 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("input", help="noisy WAV file or folder")
     enhance.add_argument("output", help="enhanced WAV file or folder (same rate and length)")
     enhance.set_defaults(handler=command_enhance)
+
+    data = _sub(commands, "data", "write data sets to disk")
+    kinds = data.add_subparsers(dest="data_command", required=True, metavar="KIND")
+    digits = kinds.add_parser("digits", formatter_class=_HelpFormatter,
+                              help="connected-digit utterances (CTC) from isolated digit clips",
+                              description="connected-digit utterances (kdcore.data."
+                              "ConnectedDigits) of the clips of an FSDD-style manifest, as "
+                              "WAVs and a path,transcript,speaker,num_digits,split manifest")
+    digits.add_argument("--source", help="manifest of isolated clips (path,label,speaker)")
+    digits.add_argument("--out", help="output folder")
+    digits.add_argument("--train", type=int, default=400, help="training utterances")
+    digits.add_argument("--val", type=int, default=40, help="validation utterances")
+    digits.add_argument("--test", type=int, default=120, help="test utterances")
+    digits.add_argument("--test-speakers", metavar="A,B", default=None,
+                        help="speakers held out for test (default: the last one, sorted)")
+    digits.add_argument("--digits", type=int, nargs=2, metavar=("MIN", "MAX"), default=[2, 7],
+                        help="digits per utterance")
+    digits.add_argument("--sample-rate", type=int, default=8000, help="Hz")
+    digits.add_argument("--seed", type=int, default=0, help="draw seed")
+    digits.add_argument("--overwrite", action="store_true",
+                        help="replace the data set already in --out")
+    digits.set_defaults(handler=command_data_digits)
 
     teachers = _sub(commands, "teachers", "the registry of pretrained teachers: name, task, "
                     "sample rate, parameters, package, licence, installed")

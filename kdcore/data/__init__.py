@@ -18,7 +18,11 @@ from kdcore.data.audio import (
     resample,
 )
 from kdcore.data.augment import SpecAugment, WaveAugment
-from kdcore.data.digits import ConnectedDigits, write_connected_digits
+from kdcore.data.digits import (
+    ConnectedDigits,
+    write_connected_digits,
+    write_connected_digits_splits,
+)
 from kdcore.data.mixtures import NoisyMixtures, TaggedMixtures, write_tagged_mixtures
 from kdcore.data.noise import NOISE_KINDS, make_noise, mix_at_snr
 from kdcore.data.sources import (
@@ -66,5 +70,6 @@ __all__ = [
     "stratified_split",
     "unlabelled_files",
     "write_connected_digits",
+    "write_connected_digits_splits",
     "write_tagged_mixtures",
 ]

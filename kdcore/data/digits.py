@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from kdcore.data.audio import read_audio
 from kdcore.data.mixtures import item_seed, split_item
 
-__all__ = ["ConnectedDigits", "write_connected_digits"]
+__all__ = ["ConnectedDigits", "write_connected_digits", "write_connected_digits_splits"]
 
 
 def _pair(value: object, name: str, integer: bool) -> tuple:
@@ -265,6 +265,62 @@ def write_connected_digits(dataset: ConnectedDigits, out_dir: str | os.PathLike,
     fields += ["split"] if split is not None else []
     with open(manifest, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def write_connected_digits_splits(source: str | os.PathLike, out_dir: str | os.PathLike, *,
+                                  utterances: Mapping[str, int],
+                                  test_speakers: Sequence[str] | None = None,
+                                  digits: tuple[int, int] = (2, 7), sample_rate: int = 8000,
+                                  seed: int = 0) -> Path:
+    """A connected-digit CTC data set on disk, ready for ``kdcore train --task ctc``:
+    :class:`ConnectedDigits` utterances of the isolated clips of ``source`` written as
+    ``out_dir/<split>/utt_NNNNNN.wav`` and one ``out_dir/manifest.csv`` with columns
+    ``path,transcript,speaker,num_digits,split``.
+
+    Args:
+        source: a manifest with columns ``path``, ``label``, ``speaker`` (FSDD style).
+        utterances: utterances per split, e.g. ``{"train": 400, "val": 40, "test": 120}``
+            (splits ``train``, ``val``, ``test``; a 0 count is left out).
+        test_speakers: [None: the last speaker in sorted order, when there are two or more]
+            speakers whose clips make the ``test`` utterances only; the other splits use the
+            other speakers, so test speakers are unseen in training.
+        digits: [(2, 7)] digits per utterance; sample_rate: [8000] Hz; seed: [0] split ``k``
+            of ``("train", "val", "test")`` draws with ``seed * 1000 + k``.
+    Returns the manifest path.
+    """
+    unknown = sorted(set(utterances) - {"train", "val", "test"})
+    if unknown:
+        raise ValueError(f"utterances has unknown splits {unknown}; use train, val and test")
+    everyone = ConnectedDigits(source, 1, sample_rate=sample_rate, digits=digits).speakers
+    held = (list(test_speakers) if test_speakers is not None
+            else everyone[-1:] if len(everyone) > 1 else [])
+    missing = sorted(set(held) - set(everyone))
+    if missing:
+        raise ValueError(f"test speakers {missing} are not in {source} (speakers: {everyone})")
+    training = [s for s in everyone if s not in held] or everyone
+    out = Path(out_dir)
+    rows: list[dict] = []
+    for k, name in enumerate(("train", "val", "test")):
+        count = int(utterances.get(name, 0))
+        if count <= 0:
+            continue
+        speakers = held if name == "test" and held else training
+        dataset = ConnectedDigits(source, count, speakers=speakers, digits=digits,
+                                  sample_rate=sample_rate, seed=seed * 1000 + k)
+        part = write_connected_digits(dataset, out / name)
+        with open(part, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                rows.append({**row, "path": f"{name}/{row['path']}", "split": name})
+        part.unlink()
+    if not rows:
+        raise ValueError("utterances asks for no utterance at all")
+    manifest = out / "manifest.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "transcript", "speaker",
+                                                    "num_digits", "split"])
         writer.writeheader()
         writer.writerows(rows)
     return manifest

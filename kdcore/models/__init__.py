@@ -7,6 +7,9 @@
 - ``transformer``: :class:`AudioTransformer`, pre-norm encoder; ``dim``, ``depth``.
 - ``ctc_conv``: :class:`CTCConvNet`, a 1-D conv (+ optional GRU) CTC encoder giving
   (B, frames', num_classes) log-probabilities; ``width`` 48..256 gives ~58k..1.4M params.
+- ``frame_conv``: :class:`FrameConvNet`, the same encoder with raw per-frame scores
+  (B, frames, num_classes) (stride 1: one output per log-mel frame), for the frame tasks and
+  per-frame regression.
 - ``hf``: :class:`HFAudioClassifier`, a local HuggingFace model directory (``path``;
   needs ``kdcore[hf]``).
 - ``pitch_student``: :class:`PitchStudent`, a narrow CREPE-style CNN on CREPE's normalised
@@ -20,7 +23,7 @@ from __future__ import annotations
 from kdcore.models.attention import AudioTransformer
 from kdcore.models.base import AudioClassifier, count_macs, count_parameters
 from kdcore.models.cnn import StudentDSCNN, TeacherCNN
-from kdcore.models.ctc import CTCConvNet
+from kdcore.models.ctc import CTCConvNet, FrameConvNet
 from kdcore.models.ensemble import TeacherEnsemble
 from kdcore.models.hf import HFAudioClassifier
 from kdcore.models.pitch import PitchStudent
@@ -30,6 +33,7 @@ MODELS: dict[str, type[AudioClassifier]] = {
     "student_dscnn": StudentDSCNN,
     "transformer": AudioTransformer,
     "ctc_conv": CTCConvNet,
+    "frame_conv": FrameConvNet,
     "hf": HFAudioClassifier,
     "pitch_student": PitchStudent,
 }
@@ -59,6 +63,7 @@ __all__ = [
     "AudioClassifier",
     "AudioTransformer",
     "CTCConvNet",
+    "FrameConvNet",
     "HFAudioClassifier",
     "PitchStudent",
     "StudentDSCNN",

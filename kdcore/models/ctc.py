@@ -79,7 +79,8 @@ class CTCConvNet(AudioClassifier):
         half = self.kernel // 2
         return half + self.depth * self.stride * half
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """The classifier's raw (B, T', num_classes) scores, before any ``log_softmax``."""
         check_log_mel("features", features, self.n_mels)
         x = self.stem(self.input_norm(features))
         for block in self.blocks:
@@ -87,4 +88,29 @@ class CTCConvNet(AudioClassifier):
         x = x.transpose(1, 2)
         if self.gru is not None:
             x = self.gru(x)[0]
-        return torch.log_softmax(self.classifier(self.dropout(x)), dim=-1)
+        return self.classifier(self.dropout(x))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.scores(features), dim=-1)
+
+
+class FrameConvNet(CTCConvNet):
+    """Per-frame tagger: the :class:`CTCConvNet` encoder with raw scores out (no
+    ``log_softmax``), for ``task="frame"`` (softmax per frame), ``"frame_multilabel"`` (one
+    sigmoid per class and frame) and per-frame ``"regression"`` (D values per frame).
+
+    Args as :class:`CTCConvNet` except the defaults ``num_classes`` [2] and ``stride`` [1]:
+    with stride 1 there is one output frame per log-mel frame, ``T' = T``.
+    Input log-mel (B, n_mels, T) float; output (B, T', num_classes) float scores.
+    """
+
+    model_name = "frame_conv"
+
+    def __init__(self, num_classes: int = 2, *, n_mels: int = 40, width: int = 64,
+                 depth: int = 4, kernel: int = 5, stride: int = 1, gru: bool = False,
+                 dropout: float = 0.1) -> None:
+        super().__init__(num_classes, n_mels=n_mels, width=width, depth=depth, kernel=kernel,
+                         stride=stride, gru=gru, dropout=dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scores(features)
