@@ -354,7 +354,12 @@ def build_model(name: str, num_classes: int, args: argparse.Namespace) -> nn.Mod
         kwargs = {"n_mels": args.n_mels, **kwargs}
     if args.width is not None:
         kwargs["width"] = args.width
-    return create(name, num_classes, **kwargs)
+    try:
+        return create(name, num_classes, **kwargs)
+    except TypeError as error:
+        if "unexpected keyword" not in str(error):
+            raise
+        raise CLIError(f"--model-arg: {error}") from None
 
 
 def training_frontend(config: dict, args: argparse.Namespace, augment: bool) -> nn.Module:
