@@ -274,3 +274,34 @@ def test_ctc_evaluation_reports_token_error_rate_and_registered_metrics():
     assert result["utterances"] == 6.0
     assert seen["refs"][1] == [2] and seen["refs"][0] == [1, 2]
     assert 0.0 <= result["ter"] and "ctc_loss" in result
+
+
+@pytest.mark.parametrize("task, shape", [("multiclass", (6, 5)), ("frame", (3, 4, 5))])
+def test_softmax_training_step_on_labelled_rows_is_one_fused_call(task: str, shape: tuple):
+    """``Batch.all_labelled`` (a training step whose rows all have labels): the fused
+    ``kd_loss(labels=, alpha=)`` path gives the float64 ``a*KD + (1-a)*CE`` over valid rows
+    and its gradient, without the evaluation sums; without the flag, or under no_grad, the
+    sums are back and the loss is the same."""
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(*shape, generator=g, dtype=torch.float64) * 2
+    t = torch.randn(*shape, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(0, shape[-1], shape[:-1], generator=g)
+    labels.view(-1)[1] = -100  # an ignored row
+    lengths = torch.tensor([4, 2, 3]) if task == "frame" else None
+    fused = Batch(inputs=s, labels=labels, lengths=lengths, all_labelled=True)
+    terms, grad = run_objective(task, s, t, fused)
+    assert terms.sums == {}
+    leaf = s.clone().requires_grad_(True)
+    valid = labels != -100
+    if lengths is not None:
+        valid &= torch.arange(shape[1])[None, :] < lengths[:, None]
+    per_row = ALPHA * kl_rows(leaf, t) + (1 - ALPHA) * ce_rows(leaf, labels)
+    check(terms, grad, torch.where(valid, per_row, 0.0).sum(), float(valid.sum()), leaf)
+    apart, grad_apart = run_objective(task, s, t, Batch(inputs=s, labels=labels,
+                                                        lengths=lengths))
+    assert set(apart.sums) == {"kd_loss", "ce_loss"}
+    torch.testing.assert_close(apart.loss, terms.loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad_apart, grad, rtol=1e-5, atol=1e-7)
+    objective = make_objective(ObjectiveConfig(task=task, temperature=T, alpha=ALPHA))
+    with torch.no_grad():
+        assert set(objective(s.float(), t.float(), fused).sums) == {"kd_loss", "ce_loss"}

@@ -42,6 +42,8 @@ class Batch:
     lengths: torch.Tensor | None = None
     target_lengths: torch.Tensor | None = None  # stays on the host (ctc)
     host_lengths: torch.Tensor | None = None  # a host copy of ``lengths`` (ctc: no sync)
+    # Known on the host: every row has a class label (no UNLABELLED row); None: unknown.
+    all_labelled: bool | None = None
 
     @property
     def size(self) -> int:
@@ -107,7 +109,7 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
         targets = None  # on the device already: recomputed from the labels
     return Batch(inputs=move(batch.inputs), labels=move(batch.labels), index=batch.index,
                  view=batch.view, mask=move(batch.mask), lengths=move(lengths),
-                 target_lengths=targets, host_lengths=host)
+                 target_lengths=targets, host_lengths=host, all_labelled=batch.all_labelled)
 
 
 class SkippingBatchSampler(Sampler[list[int]]):

@@ -17,7 +17,11 @@ regression          (B, ..., D)       ``feature_loss``     same distance        
 ==================  ================  ===================  =====================  ============
 
 ``a = alpha``; a batch (or a row labelled ``UNLABELLED`` = -1, softmax tasks) without labels
-uses the KD term alone with weight 1; without a teacher the label term has weight 1. Rows
+uses the KD term alone with weight 1; without a teacher the label term has weight 1. A softmax
+training step (grad enabled, no mixup) whose rows all have labels, known on the host
+(``Batch.all_labelled``, set by the learner), computes ``a*KD + (1-a)*CE`` in one fused
+``kd_loss(labels=..., alpha=...)`` call and leaves ``Terms.sums`` empty; evaluation (no grad)
+computes the terms apart and reports both sums. Rows
 labelled ``IGNORE_INDEX`` = -100 (softmax tasks) and masked rows/frames drop out of every term.
 For ``ctc`` the summed utterance NLLs are divided by the window's valid frames, i.e. the loss is
 the CTC negative log-likelihood per frame. For ``regression`` with ``distance="cosine"`` the
@@ -159,6 +163,16 @@ class SoftmaxObjective(Objective):
         if labels is not None:
             valid = valid & (labels != IGNORE_INDEX)
             labelled = valid & (labels != UNLABELLED)
+        if (teacher is not None and labelled is not None and partner is None
+                and batch.all_labelled and torch.is_grad_enabled()):
+            # A training step on rows that all have labels: alpha*KD + (1-alpha)*CE in one
+            # fused kd_loss call (benchmarks/bench_objective_cpu.py measures the gain); the
+            # named sums, which only evaluation (no grad) reads, are left out.
+            loss = kd_loss(student, teacher.float(), temperature=cfg.temperature,
+                           kind=cfg.kd_kind, labels=labels, alpha=cfg.alpha,
+                           ignore_index=IGNORE_INDEX, mask=mask, reduction="sum",
+                           backend=cfg.loss_backend)
+            return Terms(loss, valid.sum().float(), {}, valid)
         sums: dict[str, torch.Tensor] = {}
         loss = torch.zeros((), device=student.device)
         if labelled is not None:

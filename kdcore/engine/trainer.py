@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdcore.data.audio import UNLABELLED
 from kdcore.data.augment import mixup
 from kdcore.engine import batches as batching
 from kdcore.engine import checkpoint as ckpt
@@ -131,6 +132,10 @@ class Learner:
         if (self.objective.task == "ctc" and labels is not None and self._host_checked
                 and batch.target_lengths is None):  # host lengths: ctc_loss needs no sync
             batch = dataclasses.replace(batch, target_lengths=(labels >= 0).sum(1))
+        if (self.objective.task in ("multiclass", "frame") and labels is not None
+                and self._host_checked and not labels.is_floating_point()):
+            # lets the softmax objective use one fused kd_loss call (no sync: host labels)
+            batch = dataclasses.replace(batch, all_labelled=not bool((labels == UNLABELLED).any()))
         return batching.to_device(batch, self.device)
 
     def mix(self, batch: batching.Batch) -> tuple[batching.Batch, Mix | None]:
