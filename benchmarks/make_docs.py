@@ -51,6 +51,7 @@ COMMANDS = {
     "demo-vad.json": "kdcore demo --out runs/demo && cp runs/demo/report.json "
                      "benchmarks/results/demo-vad.json",
     "teachers-cpu.json": "python benchmarks/bench_teachers.py",
+    "cpu-objective.json": "OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_objective_cpu.py",
 }
 MAX_TABLE_ROWS = 200
 MAX_DEPTH = 4
@@ -755,6 +756,27 @@ def render_demo(data: dict) -> list[str]:
     return lines
 
 
+def render_objective(data: dict) -> list[str]:
+    """``cpu-objective.json``: the softmax objective's two-call and fused paths."""
+    entry = data["softmax_objective"]
+    lines = [entry["benchmark"] + ".", "",
+             meta_line([("dtype", entry.get("dtype")), ("CPU", entry.get("cpu")),
+                        ("threads", entry.get("threads")),
+                        ("load average", entry.get("load_average_1_5_15min")),
+                        ("torch", entry.get("torch")), ("date", short_date(entry.get("date")))]),
+             ""]
+    rows = []
+    for case, row in entry["results"].items():
+        rows.append([f"`{cell(case)}`", " × ".join(map(str, row["shape"])),
+                     ms(row["separate"]["median_ms"]), ms(row["fused"]["median_ms"]),
+                     ms(row["fused_op_alone"]["median_ms"]), times(row["separate_over_fused"]),
+                     ms(row["separate"]["min_ms"]), ms(row["fused"]["min_ms"])])
+    lines += table(["case", "shape", "two calls (median)", "fused (median)",
+                    "fused op alone (median)", "two calls / fused", "two calls (min)",
+                    "fused (min)"], rows)
+    return lines
+
+
 RENDERERS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "cpu-losses.json": ("Fused losses on the CPU", render_losses),
     "cpu-log-mel.json": ("Log-mel frontend on the CPU", render_log_mel),
@@ -763,9 +785,11 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
                      render_quality),
     "demo-vad.json": ("The main job: `kdcore demo` (Silero VAD distilled)", render_demo),
     "teachers-cpu.json": ("Real teachers on the CPU", render_teachers),
+    "cpu-objective.json": ("Softmax objective: two loss calls or one fused call (CPU)",
+                           render_objective),
 }
 ORDER = ("demo-vad.json", "teachers-cpu.json", "quality.json", "cpu-losses.json",
-         "cpu-log-mel.json", "cpu-engine.json")
+         "cpu-log-mel.json", "cpu-engine.json", "cpu-objective.json")
 
 
 # ----------------------------------------------------------------------------- page

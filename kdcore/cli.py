@@ -1,8 +1,10 @@
 """The ``kdcore`` command line: demo, train, distill, eval, cache-teacher, export, bench.
 
 ``--data`` is a folder with one subfolder per class, a CSV manifest (``path,label[,split]
-[,group]``; ``path,labels`` with ``;``-separated tags for ``--task multilabel``) or the word
-``synthetic`` (the embedded :class:`kdcore.data.SyntheticAudio`). ``train`` is
+[,group]``; ``path,labels`` with ``;``-separated tags for ``--task multilabel``; ``transcript``,
+``frames`` or ``target`` columns for ctc, the frame tasks and regression, see
+:mod:`kdcore.data.tasks`) or the word ``synthetic`` (the embedded
+:class:`kdcore.data.SyntheticAudio`). ``train`` is
 :class:`kdcore.Trainer`, ``distill`` :class:`kdcore.Distiller`; the loop flags and their
 defaults come from :class:`kdcore.engine.config.LoopConfig` (``--help`` shows them).
 ``--config FILE.yaml`` holds defaults whose keys mirror the long flags (``clip-seconds`` or
@@ -1538,8 +1540,9 @@ def _add_common(groups: dict, *, loop: str = "loop") -> None:
 def _add_data(groups: dict, *, frontend: bool = True) -> None:
     data = groups["data"]
     data.add_argument("--data", help="class-per-folder directory, CSV manifest "
-                      "(path,label[,split][,group], or path,labels / path,transcript for "
-                      "--task multilabel / ctc) or 'synthetic'")
+                      "(path,label[,split][,group]; path,labels / transcript / frames / "
+                      "target for --task multilabel / ctc / frame* / regression), a folder "
+                      "of unlabelled audio (distill of those tasks) or 'synthetic'")
     data.add_argument("--skip-bad", action="store_true",
                       help="skip unreadable, empty, truncated or non-finite files and bad "
                            "rows (counted, listed in OUT/skipped.txt)")

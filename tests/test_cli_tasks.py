@@ -90,11 +90,11 @@ def test_train_is_plain_training_with_ema_and_best(data: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize("command", ["demo", "train", "distill", "eval", "cache-teacher",
-                                     "export", "teachers", "bench"])
+                                     "export", "teachers", "bench", "data digits"])
 def test_every_help_groups_flags_and_shows_defaults(command: str,
                                                     capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
-        cli.main([command, "--help"])
+        cli.main([*command.split(), "--help"])
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     if command in ("train", "distill"):
@@ -110,6 +110,8 @@ def test_every_help_groups_flags_and_shows_defaults(command: str,
             assert flag in text, flag
     if command == "bench":
         assert "(default: 10)" in text
+    if command == "data digits":
+        assert "--test-speakers" in text and "(default: 400)" in text
 
 
 @pytest.mark.parametrize("flags, named", [
