@@ -394,6 +394,11 @@ def test_frame_task_train_distill_eval(sequences: Path, tmp_path: Path,
     first, second = (torch.load(d / "model.pt", weights_only=True)["state_dict"]
                      for d in (teacher, again))
     assert all(torch.equal(first[k], second[k]) for k in first)
+    # strict resume: another --distance is refused, naming it, and nothing changes
+    record = (again / "run.json").read_text()
+    assert cli.main(["train", *data, "--model", "frame_conv", "--out", str(again),
+                     "--epochs", "2", "--resume", "--distance", "l1", *SEQ]) == 2
+    assert "distance" in _error_line(capsys) and (again / "run.json").read_text() == record
     student = tmp_path / "student"
     assert cli.main(["distill", *data, "--teacher", str(teacher / "model.pt"), "--student",
                      "frame_conv", "--out", str(student), "--epochs", "1", *SEQ,
