@@ -716,16 +716,22 @@ def check_task(args: argparse.Namespace) -> None:
 
 
 def bind_task_data(data: Data, model: nn.Module, args: argparse.Namespace, name: str,
-                   log_mel: nn.Module | None = None) -> None:
+                   log_mel: nn.Module | None = None, teacher: nn.Module | None = None) -> None:
     """For the sequence tasks, set ``data.collate`` to the batches of ``model`` (named
     ``name``) behind ``log_mel`` [None: the flags' log-mel], checking every item's targets
-    against its output frames (:func:`kdcore.data.tasks.task_collate`)."""
+    against its output frames (:func:`kdcore.data.tasks.task_collate`); a ``teacher`` [None]
+    must be per frame exactly when the model is."""
     from kdcore.checkpoints import build_frontend
     from kdcore.data.tasks import SEQUENCE_TASKS, model_frames, task_collate
 
     if args.task in SEQUENCE_TASKS:
         log_mel = log_mel or build_frontend(frontend_config(args), "reference")
         frames = model_frames(model, log_mel)
+        if teacher is not None and (model_frames(teacher, log_mel) is None) != (frames is None):
+            kinds = ("one output per clip", "outputs per frame")
+            raise CLIError(f"--student {name} gives {kinds[frames is not None]} but the "
+                           f"teacher gives {kinds[frames is None]}; --task {args.task} needs "
+                           "both alike")
         data.collate = task_collate(args.task, frames,
                                     [data.train, data.validation, data.evaluation],
                                     model_name=name)
@@ -1181,7 +1187,8 @@ def command_distill(args: argparse.Namespace) -> int:
         _check_cache_dir(cache_dir, args)
     seed_run(args)
     student = build_model(args.student, len(data.class_names), args)
-    bind_task_data(data, student, args, args.student)
+    bind_task_data(data, student, args, args.student,
+                   teacher=None if registered else teacher.model)
     distiller = make_distiller(teacher.model, student, args, classes=data.class_names,
                                augment=not (args.no_augment or cached),
                                teacher_mode=args.teacher_mode, feature_pairs=pairs,

@@ -504,6 +504,10 @@ def test_regression_per_frame_and_per_clip(sequences: Path, tmp_path: Path,
     assert cli.main(["train", "--data", str(sequences / "reg.csv"), "--task", "regression",
                      "--model", "student_dscnn", "--out", str(tmp_path / "x"), *SEQ]) == 2
     assert "--model-arg" in _error_line(capsys)  # depth=1 is not a student_dscnn keyword
+    assert cli.main(["distill", "--data", str(sequences / "clip.csv"), "--task", "regression",
+                     "--teacher", str(clip / "model.pt"), "--student", "frame_conv",
+                     "--out", str(tmp_path / "x"), *SEQ]) == 2
+    assert "outputs per frame" in _error_line(capsys)
     assert not (tmp_path / "x" / "run.json").exists()
 
 
