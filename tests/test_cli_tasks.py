@@ -492,6 +492,14 @@ def test_regression_per_frame_and_per_clip(sequences: Path, tmp_path: Path,
                      "--model", "student_dscnn", "--width", "4", "--out", str(clip),
                      "--epochs", "1", *SEQ[:-6], "--clip-seconds", "0.5"]) == 0
     assert json.loads((clip / "report.json").read_text())["label_loss"] > 0
+    # teacher-only on unlabelled audio: the clip teacher makes the student a clip model too
+    only = tmp_path / "only"
+    assert cli.main(["distill", "--data", str(sequences / "unlabelled"), "--task", "regression",
+                     "--teacher", str(clip / "model.pt"), "--student", "student_dscnn",
+                     "--width", "4", "--out", str(only), "--epochs", "1", *SEQ[:-6],
+                     "--clip-seconds", "0.5"]) == 0, capsys.readouterr().err
+    assert set(json.loads((only / "report.json").read_text())) == {"task", "split", "items",
+                                                                  "loss", "kd_loss"}
     # a (D,) target needs a clip model, a (T, D) target a per-frame one: one line each
     capsys.readouterr()
     assert cli.main(["train", "--data", str(sequences / "clip.csv"), "--task", "regression",
