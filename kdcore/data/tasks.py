@@ -5,18 +5,16 @@ teacher-only distillation, and the collate that pads whole utterances into engin
 Formats (paths in a manifest are relative to it; ``split``, ``group`` and any other columns
 work as for the classification tasks, see :mod:`kdcore.data.sources`):
 
-==================  ============  ===============================================================
-task                column        cell
-==================  ============  ===============================================================
-``ctc``             transcript    words separated by spaces (``"3 1 4"``); the vocabulary is
-                                  every word seen, sorted (numerically when all are integers);
-                                  class 0 is the CTC blank ``<blank>``, word ``i`` class ``i+1``
-``frame``           frames        a ``.npy`` of (T,) integer class ids, one per output frame
-                                  (``-100`` ignores a frame); classes ``"0"`` .. ``"C-1"``,
-                                  ``C`` = the largest id + 1
-``frame_multilabel``  frames      a ``.npy`` of (T, C) values in [0, 1] (multi-hot per frame)
-``regression``      target        a ``.npy`` of (D,) per clip or (T, D) per output frame, finite
-==================  ============  ===============================================================
+- ``ctc``, column ``transcript``: words separated by spaces (``"3 1 4"``); the vocabulary is
+  every word seen, sorted (numerically when all are integers); class 0 is the CTC blank
+  ``<blank>`` and word ``i`` is class ``i + 1``;
+- ``frame``, column ``frames``: a ``.npy`` of (T,) integer class ids, one per output frame
+  (``-100`` ignores a frame); classes ``"0"`` .. ``"C-1"``, ``C`` = the largest id + 1 (at
+  least 2);
+- ``frame_multilabel``, column ``frames``: a ``.npy`` of (T, C) values in [0, 1] (multi-hot
+  per frame);
+- ``regression``, column ``target``: a ``.npy`` of (D,) per clip or (T, D) per output frame,
+  finite.
 
 Per-frame targets (``frames``, and (T, D) regression targets) hold one row per **output
 frame** of the model at the run's sample rate: ``T = output_frames(1 + samples // hop)`` for
