@@ -1168,6 +1168,8 @@ def distill_pitch_run(args: argparse.Namespace, name: str) -> int:
     frame_multilabel over 360 bins, teacher cached) under the run-folder rules of
     ``train``/``distill``; writes ``OUT/student.pt`` and ``OUT/report.json`` (parameters, MACs
     and speed of the student against the teacher's)."""
+    import math
+
     from kdcore import pitch, teachers
     from kdcore.models import available_models
     from kdcore.models.pitch import CrepeLogits, PitchStudent
@@ -1200,6 +1202,8 @@ def distill_pitch_run(args: argparse.Namespace, name: str) -> int:
     args.alpha = 1.0
     if "temperature" not in given:
         args.temperature = 1.0  # CREPE's own probabilities as the targets
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise CLIError(f"--temperature must be a positive number, got {args.temperature}")
     if args.hop_length < 1:
         raise CLIError(f"--hop-length must be a positive number of samples, got "
                        f"{args.hop_length}")
@@ -1853,7 +1857,9 @@ def build_parser() -> argparse.ArgumentParser:
     groups["model"].add_argument(
         "--teacher", nargs="+", metavar="TEACHER",
         help="teacher checkpoint (model.pt of train; several make an ensemble teacher, the "
-             "mean of their logits), a registered teacher name (kdcore teachers) or hf:PATH")
+             "mean of their logits), a registered teacher name (kdcore teachers; crepe-full "
+             "and crepe-tiny distil pitch from a folder of unlabelled audio, docs/pitch.md) "
+             "or hf:PATH")
     groups["model"].add_argument("--student", help="student model name")
     obj = groups["objective"]
     obj.add_argument("--temperature", type=float, default=defaults.TEMPERATURE,

@@ -175,6 +175,7 @@ def test_refusals_name_the_argument(tones: Path, capsys: pytest.CaptureFixture) 
                                                      "do not apply")),
         (["--alpha", "0.5"], ("--alpha 0.5", "no labels")),
         (["--teacher-mode", "online"], ("--teacher-mode online",)),
+        (["--temperature", "0"], ("--temperature must be a positive number",)),
     ]
     for extra, expected in cases:
         code, _, err = _main([*base, *extra, *FAST], tones, capsys)
