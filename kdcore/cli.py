@@ -1884,7 +1884,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill.set_defaults(handler=command_distill)
 
     evaluate = _sub(commands, "eval", "classification report, JSON and confusion PNG of a "
-                    "checkpoint")
+                    "checkpoint; pitch scores of a pitch student.pt against its teacher or "
+                    "--against a CREPE model")
     groups = _groups(evaluate)
     groups["model"].add_argument("--model", help="model checkpoint (model.pt), pitch "
                                  "student (student.pt) or registered CREPE model")
