@@ -1155,7 +1155,290 @@ def _data_classes(args: argparse.Namespace) -> list[str] | None:
     return list(data_source(args, check_audio=False).classes)
 
 
+# ------------------------------------------------------------------------------------------
+# Per-frame registered teachers (CREPE pitch; other frame teachers plug in a branch here)
+# ------------------------------------------------------------------------------------------
+
+
+def registered_frame_teacher(values: object) -> str | None:
+    """The name when ``--teacher`` is one registered per-frame teacher (task
+    ``frame_multilabel``: ``crepe-full``, ``crepe-tiny``, ``silero-vad``), else None."""
+    from kdcore import teachers
+
+    if not is_registered_teacher(values):
+        return None
+    name = str(values[0] if isinstance(values, (list, tuple)) else values)
+    if name.startswith("hf:"):
+        return None
+    return name if teachers.spec(name).task == "frame_multilabel" else None
+
+
+def given_flags(args: argparse.Namespace) -> set[str]:
+    """The destinations (``"lr"``, ``"task"``) set on this command's line or in its
+    ``--config`` file, as opposed to left at their defaults."""
+    import yaml
+
+    parser = build_parser()
+    subparser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+    for action in subparser._actions:  # noqa: SLF001
+        action.default = argparse.SUPPRESS
+    given = set(vars(parser.parse_args(list(getattr(args, "argv", []) or []))))
+    given -= {"command", "handler"}
+    if getattr(args, "config", None) is not None:
+        values = yaml.safe_load(Path(args.config).read_text()) or {}
+        given |= {str(key).lstrip("-").replace("-", "_") for key in values}
+    return given
+
+
+def refuse_flags(args: argparse.Namespace, allowed: set[str], what: str) -> set[str]:
+    """A :class:`CLIError` naming every flag given (:func:`given_flags`) outside ``allowed``,
+    which do not apply to ``what``; returns the given flags."""
+    given = given_flags(args)
+    extra = sorted(given - allowed - {"config"})
+    if extra:
+        listed = ", ".join("--" + name.replace("_", "-") for name in extra)
+        raise CLIError(f"{listed} {'does' if len(extra) == 1 else 'do'} not apply to {what}")
+    return given
+
+
+def audio_folder(args: argparse.Namespace) -> tuple[list[Path], list]:
+    """The audio files of ``--data`` (a folder searched recursively, or a CSV with a
+    ``path`` column), unlabelled, and the entries ``--skip-bad`` left out."""
+    from kdcore.data import unlabelled_files
+
+    if str(args.data) == SYNTHETIC:
+        raise CLIError("--data synthetic has no pitch; give a folder of audio files (any "
+                       "sample rate, no labels)")
+    try:
+        return unlabelled_files(args.data, skip_bad=args.skip_bad, decode=True)
+    except FileNotFoundError:
+        raise CLIError(f"--data {args.data} does not exist") from None
+    except ValueError as error:  # no audio found, or a bad file or row (named)
+        raise CLIError(f"--data {args.data}: {error}") from None
+
+
+PITCH_DISTILL_FLAGS = {
+    "data", "out", "teacher", "student", "task", "epochs", "batch_size", "lr", "seed",
+    "device", "no_progress", "resume", "overwrite", "temperature", "hop_length", "backend",
+    "optimizer", "weight_decay", "schedule", "grad_accum", "precision", "compile",
+    "clip_grad_norm", "ema", "deterministic", "teacher_mode", "skip_bad", "model_arg",
+    "alpha"}
+
+
+def distill_registered_frame_teacher(args: argparse.Namespace, name: str) -> int:
+    """``kdcore distill --teacher NAME`` for a registered per-frame teacher: CREPE
+    (``crepe-full``, ``crepe-tiny``) runs :func:`distill_pitch_run`. Another frame teacher
+    without a command-line path yet is refused, pointing to the Python API."""
+    from kdcore import teachers
+
+    if teachers.spec(name).module == "crepe":
+        return distill_pitch_run(args, name)
+    raise CLIError(f"--teacher {name} is a frame_multilabel teacher with no command-line "
+                   f"path yet; use kdcore.teachers.load({name!r}) with kdcore.Distiller("
+                   "bundle.model, student, task='frame_multilabel', teacher_frontend="
+                   "bundle.frontend) from Python")
+
+
+def distill_pitch_run(args: argparse.Namespace, name: str) -> int:
+    """``kdcore distill --teacher crepe-full --data DIR --out OUT``: the unlabelled clips of
+    ``DIR`` (any rate, resampled to 16 kHz), cut into CREPE frames every ``--hop-length``
+    samples, distilled with :func:`kdcore.pitch.prepare_pitch_distillation` (task
+    frame_multilabel over 360 bins, teacher cached) under the run-folder rules of
+    ``train``/``distill``; writes ``OUT/student.pt`` and ``OUT/report.json`` (parameters, MACs
+    and speed of the student against the teacher's)."""
+    import math
+
+    from kdcore import pitch, teachers
+    from kdcore.models import available_models
+    from kdcore.models.pitch import CrepeLogits, PitchStudent
+
+    _require(args, "data", "out")
+    given = given_flags(args)
+    task = teachers.spec(name).task
+    if "task" in given and args.task != task:
+        raise CLIError(f"--teacher {name} is a {task} teacher (360 pitch bins per frame) and "
+                       f"--task is {args.task}; pass --task {task} or leave --task out")
+    args.task = task
+    student_name = args.student if "student" in given else "pitch_student"
+    if student_name != "pitch_student":
+        hint = ("" if student_name in available_models() else
+                f" ({student_name!r} is not a model name either)")
+        raise CLIError(f"--student {student_name}{hint}: a {task} CREPE teacher distils into "
+                       "pitch_student (kdcore.models.PitchStudent, shaped with --model-arg, "
+                       "e.g. widths=[32,16,16,16,32,32]); any other frame model: "
+                       "kdcore.Distiller from Python (docs/pitch.md)")
+    args.student = student_name
+    refuse_flags(args, PITCH_DISTILL_FLAGS, f"--teacher {name} (a pitch teacher distilled frame "
+                 "by frame from a folder of unlabelled audio, see docs/pitch.md)")
+    if "teacher_mode" in given and args.teacher_mode != "cached":
+        raise CLIError(f"--teacher-mode {args.teacher_mode}: a pitch teacher is always cached "
+                       "(run once per training frame); leave --teacher-mode out")
+    args.teacher_mode = "cached"
+    if "alpha" in given and args.alpha != 1.0:
+        raise CLIError(f"--alpha {args.alpha}: pitch distillation has no labels, so the KD "
+                       "term is the whole loss (alpha 1); leave --alpha out")
+    args.alpha = 1.0
+    if "temperature" not in given:
+        args.temperature = 1.0  # CREPE's own probabilities as the targets
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise CLIError(f"--temperature must be a positive number, got {args.temperature}")
+    if args.hop_length < 1:
+        raise CLIError(f"--hop-length must be a positive number of samples, got "
+                       f"{args.hop_length}")
+    if args.epochs < 1:
+        raise CLIError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = _device(args)
+    loop = loop_config(args)
+    plan = plan_run(args)
+    if plan.remove and (plan.out / pitch.STUDENT_FILE).exists():
+        plan.remove.append(pitch.STUDENT_FILE)
+    files, skipped = audio_folder(args)
+    bundle = teachers.load(name)
+    seed_run(args)
+    try:
+        student = PitchStudent(**parse_model_args(args.model_arg))
+    except (TypeError, ValueError) as error:
+        raise CLIError(f"--model-arg: {error}") from None
+    options = {k: v for k, v in loop.to_dict().items() if k != "lr"}
+    run = pitch.prepare_pitch_distillation(
+        bundle, files, student=student, hop=args.hop_length, batch_size=args.batch_size,
+        lr=loop.lr, temperature=args.temperature, loss_backend=args.backend, **options)
+    summary = (f"{len(files)} clips from {args.data} (unlabelled, resampled to 16 kHz): "
+               f"{run.frames.shape[0]} training frames of 1024 samples every "
+               f"{args.hop_length} samples")
+    data = Data([], None, None, "", summary, skipped=list(skipped))
+    check_resume(plan, args, student, run.distiller)
+    start_run(plan, "distill", args, data)
+    print(summary, flush=True)
+    print(f"teacher {name}: {bundle.num_parameters:,} parameters; student pitch_student: "
+          f"{student.num_parameters():,} parameters; teacher cached in "
+          f"{plan.out / 'teacher_cache'}", flush=True)
+    created = [plan.out / n for n in ("run.json", "metrics.jsonl", "skipped.txt")]
+    try:
+        history = run.fit(args.epochs, plan.out, resume=args.resume)
+    except BaseException as error:
+        if plan.state is None and not plan.checkpoint.exists():
+            for path in created:
+                path.unlink(missing_ok=True)
+        if isinstance(error, ValueError) and args.resume and str(error).startswith("epochs="):
+            raise CLIError(f"--resume with --epochs {args.epochs}: {error}") from None
+        raise
+    last = history.epochs[-1] if history.epochs else {}
+    print(f"last epoch: { {k: round(v, 4) for k, v in last.items() if isinstance(v, float)} }")
+    path = run.save(plan.out)
+    cost = pitch.compare_cost(CrepeLogits(bundle.model), run.student, device=device)
+    teacher_row, student_row = cost["teacher"], cost["student"]
+    print(f"saved student {path}")
+    for role, label, row in (("teacher", name, teacher_row),
+                             ("student", "pitch_student", student_row)):
+        print(f"{role} {label}: {row['parameters']:,} parameters, "
+              f"{row['macs_per_frame'] / 1e6:,.1f} M MACs/frame, "
+              f"{row['frames_per_s']:,.0f} frames/s on {device}")
+    print(f"student / teacher: {cost['parameter_ratio']:.2%} of the parameters, "
+          f"{cost['mac_ratio']:.2%} of the MACs, {cost['speedup']:.1f}x the speed")
+    report = {"command": "distill", "teacher": name, "student": "pitch_student",
+              "student_config": student.config(), "data": str(args.data),
+              "clips": len(files), "training_frames": int(run.frames.shape[0]),
+              "hop": args.hop_length, "epochs": args.epochs, "cost": cost,
+              "last_epoch": {k: v for k, v in last.items() if isinstance(v, (int, float))}}
+    _write_json_atomic(plan.out / "report.json", report)
+    print(f"wrote {plan.out / 'report.json'}; score it with `kdcore eval --model {path} "
+          "--data DIR`")
+    return 0
+
+
+PITCH_EVAL_FLAGS = {"model", "data", "out", "against", "device", "batch_size", "no_progress",
+                    "skip_bad"}
+
+
+def wants_pitch_eval(args: argparse.Namespace) -> bool:
+    """``kdcore eval`` scores pitch when ``--against`` is given, ``--model`` names a
+    registered CREPE model, or ``--model`` is a pitch ``student.pt``."""
+    from kdcore import pitch, teachers
+
+    if getattr(args, "against", None) is not None:
+        return True
+    model = str(args.model)
+    if model in teachers.names() and not Path(model).is_file():
+        return teachers.spec(model).module == "crepe"
+    return Path(model).is_file() and pitch.read_student(model) is not None
+
+
+def pitch_source(name: str, flag: str, device: torch.device):
+    """The CREPE bundle registered as ``name`` for ``flag``, on ``device``; a
+    :class:`CLIError` naming ``flag`` for an unknown or non-pitch name."""
+    from kdcore import teachers
+
+    crepe = [n for n in teachers.names() if teachers.spec(n).module == "crepe"]
+    if name not in teachers.names():
+        raise CLIError(f"{flag} {name}: unknown pitch model; registered CREPE models: "
+                       f"{', '.join(crepe)}")
+    if name not in crepe:
+        raise CLIError(f"{flag} {name} is a {teachers.spec(name).task} model, not a pitch "
+                       f"model; pitch references: {', '.join(crepe)}")
+    return teachers.load(name).to(device)
+
+
+def eval_pitch_run(args: argparse.Namespace) -> int:
+    """``kdcore eval --model student.pt|crepe-tiny --data DIR [--against NAME]``: pitch of
+    the model against the teacher recorded in the student file or the reference model
+    ``--against`` names, on every frame of every clip of ``DIR`` (whole clips; the hop recorded
+    in the student file, else 160 = 10 ms) with :func:`kdcore.eval.pitch.evaluate_pitch`;
+    ``report.json`` and ``report.md`` in ``--out``."""
+    from kdcore import pitch, teachers
+    from kdcore.eval.pitch import evaluate_pitch
+
+    _require(args, "data", "model")
+    refuse_flags(args, PITCH_EVAL_FLAGS, "pitch evaluation (every frame of every clip in "
+                 "--data is scored)")
+    device = _device(args)
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model_path = Path(str(args.model))
+    if model_path.is_file():
+        try:
+            model, info = pitch.load_student(model_path)
+        except ValueError as error:
+            raise CLIError(f"--against compares pitch models: {error}") from None
+        model.to(device)
+        hop, recorded = int(info["hop"]), str(info["teacher"])
+    else:
+        if str(args.model) not in teachers.names():
+            raise FileNotFoundError(f"--model {args.model}: no such file or registered "
+                                    "pitch model")
+        model = pitch_source(str(args.model), "--model", device)
+        hop, recorded = 160, None
+    against = args.against if args.against is not None else recorded
+    if against is None:
+        raise CLIError(f"--model {args.model} is a registered model with no recorded "
+                       "teacher; name the reference with --against (e.g. --against "
+                       "crepe-full)")
+    reference = pitch_source(str(against), "--against" if args.against else
+                             f"the teacher recorded in {args.model}", device)
+    files, skipped = audio_folder(args)
+    out = Path(args.out) if args.out is not None else (
+        model_path.parent / "eval" if model_path.is_file() else Path(f"eval-{args.model}"))
+    _refuse_training_run(out)
+    write_run_record(out, "eval", args, device)
+    write_skipped(out, skipped)
+    print(f"scoring {args.model} against {against} on {len(files)} clips from {args.data} "
+          f"(every {hop} samples at 16 kHz)", flush=True)
+    scores = evaluate_pitch(model, reference, files, hop=hop, batch_size=args.batch_size)
+    report = {"model": str(args.model), "reference": str(against),
+              "reference_from": "--against" if args.against else "the student's teacher",
+              "data": str(args.data), "clips": len(files), "scores": scores}
+    json_path, md_path = pitch.write_pitch_report(report, out)
+    print(md_path.read_text().split("\n", 2)[2].strip())
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
 def command_distill(args: argparse.Namespace) -> int:
+    name = registered_frame_teacher(args.teacher)
+    if name is not None:
+        return distill_registered_frame_teacher(args, name)
     _require(args, "data", "teacher", "student", "out")
     from kdcore.data import SyntheticAudio
 
@@ -1229,6 +1512,8 @@ def _sequence_tasks() -> tuple[str, ...]:
 
 def command_eval(args: argparse.Namespace) -> int:
     _require(args, "data", "model")
+    if wants_pitch_eval(args):
+        return eval_pitch_run(args)
     from kdcore.checkpoints import load_model_checkpoint
 
     device = _device(args)
@@ -1700,7 +1985,9 @@ def build_parser() -> argparse.ArgumentParser:
     groups["model"].add_argument(
         "--teacher", nargs="+", metavar="TEACHER",
         help="teacher checkpoint (model.pt of train; several make an ensemble teacher, the "
-             "mean of their logits), a registered teacher name (kdcore teachers) or hf:PATH")
+             "mean of their logits), a registered teacher name (kdcore teachers; crepe-full "
+             "and crepe-tiny distil pitch from a folder of unlabelled audio, docs/pitch.md) "
+             "or hf:PATH")
     groups["model"].add_argument("--student", help="student model name")
     obj = groups["objective"]
     obj.add_argument("--temperature", type=float, default=defaults.TEMPERATURE,
@@ -1725,9 +2012,14 @@ def build_parser() -> argparse.ArgumentParser:
     distill.set_defaults(handler=command_distill)
 
     evaluate = _sub(commands, "eval", "classification report, JSON and confusion PNG of a "
-                    "checkpoint")
+                    "checkpoint; pitch scores of a pitch student.pt against its teacher or "
+                    "--against a CREPE model")
     groups = _groups(evaluate)
-    groups["model"].add_argument("--model", help="model checkpoint (model.pt)")
+    groups["model"].add_argument("--model", help="model checkpoint (model.pt), pitch "
+                                 "student (student.pt) or registered CREPE model")
+    groups["model"].add_argument("--against", metavar="NAME", default=None,
+                                 help="pitch: the reference model scored against, e.g. "
+                                 "crepe-full (default: the teacher recorded in student.pt)")
     groups["data"].add_argument("--split", default="test",
                                 choices=("test", "val", "train", "all"),
                                 help="the split to score; all: every file")
