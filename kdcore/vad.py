@@ -214,6 +214,12 @@ def _device(kwargs: dict) -> torch.device:
                         ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def teacher_fingerprint(teacher: Any) -> str:
+    """The fingerprint of :class:`SileroLogits` around ``teacher`` (a bundle): the teacher
+    cache's and the checkpoints' teacher identity in :func:`distill_vad`."""
+    return f"{_teacher_bundle(teacher).fingerprint}:logits"
+
+
 def distill_vad(teacher: Any, clips: Sequence[Any], out_dir: str | os.PathLike, *,
                 student: VadStudent | None = None, window_s: float = 4.096,
                 overlap_s: float = 1.024, epochs: int = 10, batch_size: int = 16,
@@ -242,7 +248,7 @@ def distill_vad(teacher: Any, clips: Sequence[Any], out_dir: str | os.PathLike, 
         distiller_kwargs: further :class:`kdcore.Distiller` keywords (``device``,
             ``log_every``, ...).
 
-    Returns ``(student, history)``; the student is in eval mode."""
+    Returns ``(student, history)``; the student is in eval mode, on the CPU."""
     from kdcore.engine import Distiller, fill_teacher_cache
     from kdcore.eval.pitch import load_clips
 
@@ -260,7 +266,7 @@ def distill_vad(teacher: Any, clips: Sequence[Any], out_dir: str | os.PathLike, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     teacher_module = SileroLogits(bundle.model)
-    fingerprint = f"{bundle.fingerprint}:logits"
+    fingerprint = teacher_fingerprint(bundle)
     cache = out / "teacher_cache"
     fill_teacher_cache(teacher_module, DataLoader(data, batch_size=32, shuffle=False), cache,
                        teacher_frontend=bundle.frontend, task="frame_multilabel",
@@ -276,7 +282,7 @@ def distill_vad(teacher: Any, clips: Sequence[Any], out_dir: str | os.PathLike, 
     loader = DataLoader(data, batch_size=batch_size, shuffle=True)
     history = distiller.fit(loader, epochs=epochs, out_dir=out, resume=resume,
                             on_epoch=on_epoch)
-    student.eval()
+    student.eval().cpu()
     save_vad_student(out / "student.pt", student, teacher=bundle)
     return student, history
 
