@@ -184,15 +184,32 @@ def _scores(student: VadStudent, test: dict[str, torch.Tensor],
 
 def run_vad_demo(out: str | Path = "kdcore_demo", *, quick: bool = False, quiet: bool = False,
                  seed: int = 0, config: VadDemoConfig | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, threads: int | None = 1) -> dict[str, Any]:
     """Distil Silero VAD into a :class:`VadStudent` with :func:`kdcore.vad.distill_vad` and
     write the model, a report, metrics and plots to ``out`` (default ``kdcore_demo``).
 
     Args: ``quick`` (default False) picks :data:`QUICK` sizes instead of :data:`FULL`;
     ``quiet`` (default False) prints nothing (no progress bars either); ``seed`` (default 0)
     seeds data, noise and initialisation; ``config`` (default None) overrides both presets;
-    ``progress`` (default True) shows one progress bar per phase (teacher, each epoch).
-    Returns the report dict also written to ``out/report.json``."""
+    ``progress`` (default True) shows one progress bar per phase (teacher, each epoch);
+    ``threads`` (default 1; None keeps torch's setting) torch CPU threads for the run, restored
+    after it: the models are tiny, and on cores shared with other processes two threads spin
+    against each other (``--quick`` took 92 s with 2 threads and 8 s with 1 at load 2.8 on
+    two cores). Returns the report dict also written to ``out/report.json``."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(out, quick=quick, quiet=quiet, seed=seed, config=config, progress=progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(out: str | Path, *, quick: bool, quiet: bool, seed: int,
+         config: VadDemoConfig | None, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from kdcore import teachers
