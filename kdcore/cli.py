@@ -1436,6 +1436,8 @@ def eval_pitch_run(args: argparse.Namespace) -> int:
 
 
 def command_distill(args: argparse.Namespace) -> int:
+    if _is_vad_teacher(args.teacher):
+        return command_distill_vad(args)
     name = registered_frame_teacher(args.teacher)
     if name is not None:
         return distill_registered_frame_teacher(args, name)
@@ -1489,6 +1491,126 @@ def command_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- voice activity: --teacher silero-vad (kdcore.vad) ------------------------------------
+
+VAD_TEACHERS = ("silero-vad",)
+VAD_MODEL_ARGS = ("n_mels", "width", "depth", "kernel")
+
+
+def _is_vad_teacher(teacher: object) -> bool:
+    names = teacher if isinstance(teacher, (list, tuple)) else [teacher]
+    return len(names) == 1 and str(names[0]) in VAD_TEACHERS
+
+
+def _vad_clips(args: argparse.Namespace) -> tuple[list, list]:
+    """The audio files under ``--data`` (a folder, recursively, or a CSV with a ``path``
+    column; labels ignored) read as 16 kHz waveforms, and the entries ``--skip-bad`` left
+    out."""
+    from kdcore.data import unlabelled_files
+    from kdcore.eval.pitch import load_clips
+
+    files, skipped = unlabelled_files(args.data, skip_bad=args.skip_bad)
+    return load_clips(files), skipped
+
+
+def command_distill_vad(args: argparse.Namespace) -> int:
+    """``distill --teacher silero-vad``: :func:`kdcore.vad.distill_vad` on the unlabelled
+    audio under ``--data`` (any rate, resampled to 16 kHz), with the run-folder rules of
+    ``distill`` (refuse, ``--resume``, ``--overwrite``, ``run.json``) and ``--seed``.
+    ``--width`` and ``--model-arg`` n_mels/width/depth/kernel size the student; ``--backend
+    auto`` means the reference ops for this small student. Writes ``student.pt``,
+    ``report.json`` (parameters, MACs and speed against the teacher) and the engine's files."""
+    from kdcore import teachers, vad
+    from kdcore.vad import VadStudent, compare_costs, cost_table, distill_vad
+
+    _require(args, "data", "out")
+    if args.student not in (None, VadStudent.model_name):
+        raise CLIError(f"--teacher {args.teacher[0]} distils kdcore's VAD student "
+                       f"({VadStudent.model_name}); leave out --student (got {args.student!r})")
+    device = _device(args)
+    check_training_args(args)
+    kwargs = parse_model_args(args.model_arg)
+    if args.width is not None:
+        kwargs["width"] = args.width
+    unknown = sorted(set(kwargs) - set(VAD_MODEL_ARGS))
+    if unknown:
+        raise CLIError(f"--model-arg {unknown[0]}: the VAD student takes "
+                       f"{', '.join(VAD_MODEL_ARGS)}")
+    plan = plan_run(args)
+    clips, skipped = _vad_clips(args)
+    bundle = teachers.load(args.teacher[0])
+    seed_run(args)
+    backend = "reference" if args.backend == "auto" else args.backend
+    try:
+        student = VadStudent(backend=backend, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise CLIError(f"--model-arg: {error}") from None
+    stand_in = argparse.Namespace(loop=argparse.Namespace(config_dict=dict),
+                                  teacher_fingerprint=vad.teacher_fingerprint(bundle))
+    check_resume(plan, args, student.net, stand_in)
+    start_run(plan, "distill", args, argparse.Namespace(skipped=skipped))
+    seconds = sum(clip.numel() for clip in clips) / vad.RATE
+    print(f"{len(clips)} clips ({seconds:.0f} s) from {args.data}; teacher {bundle.name}: "
+          f"{bundle.num_parameters:,} parameters; student {VadStudent.model_name}: "
+          f"{student.num_parameters():,} parameters", flush=True)
+    created = [plan.out / name for name in ("run.json", "metrics.jsonl", "skipped.txt")]
+    try:
+        student, history = distill_vad(
+            bundle, clips, plan.out, student=student, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, seed=args.seed, backend=backend,
+            progress=not args.no_progress, resume=plan.state is not None,
+            device=str(device), optimizer=args.optimizer, weight_decay=args.weight_decay,
+            schedule=args.schedule, grad_accum=args.grad_accum, precision=args.precision,
+            clip_grad_norm=args.clip_grad_norm)
+    except BaseException:
+        if plan.state is None and not plan.checkpoint.exists():
+            for path in created:
+                path.unlink(missing_ok=True)
+        raise
+    audio = torch.cat(clips)[None]
+    if audio.shape[-1] < vad.RATE:
+        audio = nn.functional.pad(audio, (0, vad.RATE - audio.shape[-1]))
+    costs = compare_costs(student, bundle, audio[:, :60 * vad.RATE])
+    report = {"command": "distill", "teacher": bundle.name, "costs": costs,
+              "history": history.epochs, "clips": len(clips), "seconds_of_audio": seconds}
+    _write_json_atomic(plan.out / "report.json", _jsonable(report))
+    print(cost_table(costs))
+    print(f"student {costs['compression']:.0f}x smaller than the teacher; saved "
+          f"{plan.out / 'student.pt'} (score it: kdcore eval --model {plan.out / 'student.pt'} "
+          "--data DIR)")
+    return 0
+
+
+def command_eval_vad(args: argparse.Namespace) -> int:
+    """``eval --model student.pt`` of a VAD student: frame F1 and agreement against the
+    teacher (Silero VAD streamed over each whole clip) on every audio file under ``--data``,
+    with the trivial all-speech and all-silence predictors; ``report.json`` in ``--out``."""
+    from kdcore.vad import evaluate_vad, load_vad_student
+
+    device = _device(args)
+    backend = "reference" if args.backend == "auto" else args.backend
+    student = load_vad_student(args.model, backend=backend)
+    out = Path(args.out) if args.out is not None else Path(args.model).parent / "eval"
+    _refuse_training_run(out)
+    clips, skipped = _vad_clips(args)
+    write_run_record(out, "eval", args, device)
+    write_skipped(out, skipped)
+    state = torch.load(args.model, map_location="cpu", weights_only=True)
+    scores = evaluate_vad(student, clips, teacher=state.get("teacher") or VAD_TEACHERS[0])
+    _write_json_atomic(out / "report.json", _jsonable({"model": str(args.model),
+                                                       "data": str(args.data), **scores}))
+    lines = [f"{scores['clips']} clips, {scores['frames']} chunks of 32 ms "
+             f"({scores['seconds']:.0f} s); decisions at p >= {scores['threshold']:g} against "
+             f"the teacher {state.get('teacher')}",
+             f"{'':<14}{'frame F1':>10}{'agreement':>11}"]
+    for name in ("student", "all_speech", "all_silence"):
+        row = scores[name]
+        lines.append(f"{name.replace('_', '-'):<14}{row['f1']:>10.3f}{row['agreement']:>11.1%}")
+    print("\n".join(lines))
+    print(f"wrote {out / 'report.json'}")
+    return 0
+
+
 def _refuse_training_run(out: Path) -> None:
     """An eval's ``--out`` must not be a train/distill run folder (its report and run.json
     would be replaced)."""
@@ -1512,6 +1634,10 @@ def _sequence_tasks() -> tuple[str, ...]:
 
 def command_eval(args: argparse.Namespace) -> int:
     _require(args, "data", "model")
+    from kdcore.vad import is_vad_student
+
+    if is_vad_student(args.model):
+        return command_eval_vad(args)
     if wants_pitch_eval(args):
         return eval_pitch_run(args)
     from kdcore.checkpoints import load_model_checkpoint

@@ -340,3 +340,38 @@ def test_teachers_pitch_enhancement_ctc_render_when_present(tmp_path):
 def _write(tmp_path: Path, data: dict) -> Path:
     (tmp_path / "teachers-cpu.json").write_text(json.dumps(data))
     return tmp_path
+
+
+def test_vad_results_render_per_noise_kind_and_fill_the_teachers_page(tmp_path):
+    def row(f1, agreement):
+        score = {"f1": f1, "agreement": agreement, "speech_share": 0.4}
+        return {"student": score, "all_speech": {"f1": 0.571, "agreement": 0.4,
+                                                 "speech_share": 0.4}}
+
+    entry = {"benchmark": "vad", "date": "2026-12-06T05:00:00+00:00", "command": "python x",
+             "data": {"test_speakers": ["nicolas", "theo"], "train_speakers": ["george"]},
+             "costs": {"teacher": {"name": "silero-vad", "parameters": 243585,
+                                   "macs_per_second_of_audio": 21745664},
+                       "student": {"name": "VadStudent", "parameters": 9601,
+                                   "macs_per_second_of_audio": 820224}},
+             "results": {"clean": {"clean": row(0.951, 0.962)},
+                         "white": {"0 dB": row(0.812, 0.833), "5 dB": row(0.902, 0.911)}}}
+    lines = "\n".join(make_docs.render_vad(entry))
+    assert "| `white` | 0.812 / 83.3 % (0.571) | 0.902 / 91.1 % (0.571) |" in lines
+    assert "Clean audio: 0.951 / 96.2 % (0.571)" in lines
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "teachers-cpu.json").write_text(json.dumps({"vad": entry}))
+    summary = make_docs.render_vad_summary(results)
+    assert "| clean | 0.951 | 96.2 % |  |" in summary
+    assert f"| `white` | {(0.812 + 0.902) / 2:.3f} | {(83.3 + 91.1) / 2:.1f} % | 0.812 (0 dB) |" \
+        in summary
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page = docs / "teachers.md"
+    page.write_text(f"intro\n{make_docs.VAD_BEGIN}\nold\n{make_docs.VAD_END}\nend\n")
+    args = ["--results", str(results), "--out", str(docs / "results.md"),
+            "--readme", str(tmp_path / "README.md")]
+    assert make_docs.main(args) == 0
+    assert summary in page.read_text() and "old" not in page.read_text()
+    assert make_docs.main(args + ["--check"]) == 0

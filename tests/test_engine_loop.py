@@ -153,3 +153,43 @@ def test_configs_take_their_defaults_from_kdcore_defaults_and_validate_once():
         TeacherConfig(feature_weight=1.0)
     with pytest.raises(TypeError, match="unexpected keyword"):
         Distiller(*make_pair(), learning_rate=1.0)
+
+
+def test_on_epoch_entries_join_the_record_and_the_callback_changes_nothing_trained(tmp_path):
+    import json
+
+    def run(callback, out):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(NUM_FEATURES, 16), nn.Dropout(0.3),
+                              nn.Linear(16, NUM_CLASSES))
+        best = {"best_metric": "probe", "best_mode": "max"} if callback is not None else {}
+        trainer = Trainer(model, lr=1e-2, **best, **QUIET)
+        history = trainer.fit(loader(ClusterDataset(48)), epochs=3, out_dir=out,
+                              on_epoch=callback)
+        return model, history
+
+    seen = []
+
+    def callback(record):
+        seen.append(dict(record))
+        record["train_loss"] = -1.0  # a copy: the run's record is untouched
+        torch.rand(100)  # draws from the global RNG, which the loop restores
+        return {"probe": float(len(seen)), "epoch_seen": record["epoch"]}
+
+    model, history = run(callback, tmp_path / "a")
+    plain, _ = run(None, tmp_path / "b")
+    for key, value in plain.state_dict().items():  # dropout draws unchanged: bitwise equal
+        assert torch.equal(model.state_dict()[key], value), key
+    assert [r["epoch"] for r in seen] == [0, 1, 2]
+    assert [r["probe"] for r in history.epochs] == [1.0, 2.0, 3.0]
+    assert all(r["train_loss"] > 0 and r["epoch_seen"] == r["epoch"] for r in history.epochs)
+    logged = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert [r["probe"] for r in logged if r["event"] == "epoch"] == [1.0, 2.0, 3.0]
+    best = torch.load(tmp_path / "a" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["metric"] == "probe" and best["value"] == 3.0 and best["epoch"] == 2
+
+    with pytest.raises(ValueError, match="train_loss"):
+        run(lambda record: {"train_loss": 0.0}, tmp_path / "c")
+    with pytest.raises(TypeError, match="on_epoch"):
+        run(lambda record: [1.0], tmp_path / "d")

@@ -195,3 +195,44 @@ def test_fill_teacher_cache_ahead_of_time_is_read_back_by_the_distiller(tmp_path
     Distiller(teacher, student, teacher_mode="cached", cache_dir=tmp_path / "cache",
               **QUIET).fit(loader(data), epochs=1)
     assert sum(calls) == 8  # the probe batch only: every training item came from the cache
+
+
+def test_fill_teacher_cache_continues_an_interrupted_fill_and_shows_one_bar(tmp_path, capsys):
+    from kdcore.engine import fill_teacher_cache
+
+    teacher, _ = make_pair()
+    data = ClusterDataset(24, seed=4)
+    calls = []
+    handle = teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+
+    class Interrupted(Exception):
+        pass
+
+    def stopping(batches):  # the first two of three batches, then a crash
+        for position, batch in enumerate(batches):
+            if position == 2:
+                raise Interrupted
+            yield batch
+
+    class Stops:
+        dataset = data
+
+        def __iter__(self):
+            return stopping(loader(data))
+
+        def __len__(self):
+            return 3
+
+    with pytest.raises(Interrupted):
+        fill_teacher_cache(teacher, Stops(), tmp_path / "cache")
+    assert calls == [8, 8]
+    calls.clear()
+    fill_teacher_cache(teacher, loader(data), tmp_path / "cache", progress=True,
+                       description="filling")
+    assert calls == [8, 8]  # the first batch (output shapes), then only the missing third
+    handle.remove()
+    with torch.no_grad():
+        expected = teacher(data.inputs).numpy()
+    np.testing.assert_allclose(stored_logits(tmp_path / "cache", 24)[:, 0], expected,
+                               rtol=1e-6, atol=1e-6)
+    assert "filling" in capsys.readouterr().err

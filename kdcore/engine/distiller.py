@@ -402,12 +402,14 @@ class Distiller:
         return self.learner.mix_teacher(outputs, mix)
 
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, *, epochs: int,
-            out_dir: str | Path | None = None, resume: bool = True) -> History:
-        """See :meth:`kdcore.engine.loop.Loop.fit`; ``val_loader`` must not be the test
-        split. The student's weights are saved under ``"student"``."""
+            out_dir: str | Path | None = None, resume: bool = True,
+            on_epoch: Callable[[dict], dict | None] | None = None) -> History:
+        """See :meth:`kdcore.engine.loop.Loop.fit` (``on_epoch``: a per-epoch callback whose
+        returned entries join the epoch record); ``val_loader`` must not be the test split.
+        The student's weights are saved under ``"student"``."""
         self.learner.dataset = getattr(train_loader, "dataset", None)
         return self.loop.fit(train_loader, val_loader, epochs=epochs, out_dir=out_dir,
-                             resume=resume)
+                             resume=resume, on_epoch=on_epoch)
 
     def evaluate(self, loader: Iterable, *, use_ema: bool = True) -> dict[str, float]:
         """Student metrics on ``loader`` with the teacher run online; see

@@ -27,7 +27,7 @@ import math
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -213,12 +213,18 @@ class Loop:
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, *, epochs: int,
-            out_dir: str | Path | None = None, resume: bool = True) -> History:
+            out_dir: str | Path | None = None, resume: bool = True,
+            on_epoch: Callable[[dict], dict | None] | None = None) -> History:
         """Train for ``epochs`` epochs; returns the :class:`History` (also of earlier epochs
         when resuming). ``val_loader`` [None] is evaluated after every epoch (keep the test
-        split out of it). With ``out_dir`` [None]: ``checkpoints/last.pt`` every
-        ``checkpoint_every`` steps and each epoch (atomic, rank 0), ``checkpoints/best.pt``
-        at each better ``best_metric``, ``metrics.jsonl``, and the learner's files (the
+        split out of it). ``on_epoch`` [None] is called after each epoch (and its validation)
+        with a copy of the epoch record; the entries of the dict it returns (str keys, not
+        already in the record) join the record before it is logged, kept in the history and
+        offered to ``best_metric``. It runs on every rank; the model modes and the random
+        streams are restored after it, so it does not change what is trained.
+        With ``out_dir`` [None]: ``checkpoints/last.pt`` every ``checkpoint_every`` steps and
+        each epoch (atomic, rank 0), ``checkpoints/best.pt`` at each better ``best_metric``,
+        ``metrics.jsonl``, and the learner's files (the
         teacher cache). ``resume`` [True] continues from ``last.pt``: on the CPU the final
         parameters equal an uninterrupted run's bit for bit (see docs/engine.md). A
         one-cycle or cosine run resumed with another ``epochs`` raises a ValueError naming
@@ -278,7 +284,7 @@ class Loop:
                if out is not None else None)
         context = dict(loader=loader, meter=meter, log=log, checkpoint_path=checkpoint_path,
                        val_loader=val_loader, batches_per_epoch=batches_per_epoch,
-                       epochs=epochs, planned=planned)
+                       epochs=epochs, planned=planned, on_epoch=on_epoch)
         try:
             for epoch in range(start_epoch, epochs):
                 step = self._train_epoch(epoch, skip if epoch == start_epoch else 0, step,
@@ -294,7 +300,7 @@ class Loop:
     def _train_epoch(self, epoch: int, skip: int, step: int, *, loader: batching.TrainLoader,
                      meter: Meter, log: _RunLog | None, checkpoint_path: Path | None,
                      val_loader: Iterable | None, batches_per_epoch: int | None, epochs: int,
-                     planned: int) -> int:
+                     planned: int, on_epoch: Callable[[dict], dict | None] | None) -> int:
         cfg = self.config
         self.learner.train(True)
         loader.set_epoch(epoch, skip)
@@ -357,6 +363,8 @@ class Loop:
         if val_loader is not None:
             record.update({f"val_{k}": v for k, v in self.evaluate(val_loader).items()})
             self.learner.train(True)
+        if on_epoch is not None:
+            record.update(self._epoch_callback(on_epoch, record))
         self.history.epochs.append(record)
         if log is not None:
             log.write(record)
@@ -366,6 +374,26 @@ class Loop:
         if checkpoint_path is not None:
             self._save(checkpoint_path, epoch + 1, 0, step, meter, planned)
         return step
+
+    def _epoch_callback(self, on_epoch: Callable[[dict], dict | None], record: dict) -> dict:
+        """``on_epoch(copy of record)`` with the learner's modes and the RNG restored after it;
+        its returned entries, checked."""
+        modes = self.learner.modes()
+        rng = ckpt.capture_rng()
+        try:
+            extra = on_epoch(dict(record))
+        finally:
+            self.learner.restore_modes(modes)
+            ckpt.restore_rng(rng)
+        if extra is None:
+            return {}
+        if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+            raise TypeError(f"on_epoch must return None or a dict with str keys, got "
+                            f"{type(extra).__name__}")
+        clash = sorted(set(extra) & set(record))
+        if clash:
+            raise ValueError(f"on_epoch returned entries the epoch record already has: {clash}")
+        return extra
 
     def _window_step(self, window: list[object], meter: Meter) -> tuple[torch.Tensor, int]:
         """One optimizer step over a window of raw micro-batches; returns the step's

@@ -239,7 +239,8 @@ def run_cache_key(*, teacher_fingerprint: str, teacher_frontend: nn.Module | Non
 def fill_teacher_cache(teacher: nn.Module | Callable, loader: Iterable, directory: str | Path,
                        *, teacher_frontend: nn.Module | None = None, task: str = "multiclass",
                        teacher_fingerprint: str | None = None,
-                       device: str | torch.device = "cpu") -> Path:
+                       device: str | torch.device = "cpu", progress: bool = False,
+                       description: str = "teacher cache") -> Path:
     """Fill a teacher cache in ``directory`` ahead of training, keyed exactly as
     ``Distiller(teacher, ..., teacher_mode="cached", cache_dir=directory)`` keys it, so that
     run reads it back without running the teacher.
@@ -247,8 +248,12 @@ def fill_teacher_cache(teacher: nn.Module | Callable, loader: Iterable, director
     ``loader``: batches of the training set in the engine's loader contract, each with
     ``"index"``; its ``dataset`` gives the item count and the data fingerprint.
     ``teacher_frontend`` [None], ``task`` ["multiclass"], ``teacher_fingerprint`` [None: the
-    module's state hash; required for a callable], ``device`` ["cpu"]. One view per item (the
-    frontend must be deterministic: it runs in eval mode). Returns the directory."""
+    module's state hash; required for a callable], ``device`` ["cpu"], ``progress`` [False]:
+    one progress bar over the loader's batches, labelled ``description`` ["teacher cache"].
+    One view per item (the frontend must be deterministic: it runs in eval mode). A cache
+    already in ``directory`` with the same key and layout is kept, and only its missing rows
+    are computed (the first batch always runs: it gives the output shapes), so an interrupted
+    fill continues where it stopped. Returns the directory."""
     from kdcore.engine import batches as batching
     from kdcore.engine.cache import TeacherCache
 
@@ -267,17 +272,34 @@ def fill_teacher_cache(teacher: nn.Module | Callable, loader: Iterable, director
     key = run_cache_key(teacher_fingerprint=source.fingerprint, teacher_frontend=frontend,
                         taps=[], task=task, dataset=dataset)
     cache = None
-    with torch.inference_mode():
-        for raw in loader:
-            batch = batching.to_device(batching.parse_batch(raw), device)
-            features = batch.inputs if frontend is None else frontend(batch.inputs.float())
-            outputs = source(features)
-            if cache is None:
-                shapes = {name: tuple(value.shape[1:]) for name, value in outputs.items()}
-                cache = TeacherCache(Path(directory), key, len(dataset), 1, shapes)
-                cache.prepare(explicit=True)
-                cache.open()
-            cache.store(batch.index, batch.view, outputs)
+    from tqdm.auto import tqdm
+
+    try:
+        total = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    bar = tqdm(total=total, desc=description, unit="batch", disable=not progress, leave=False,
+               dynamic_ncols=True)
+    try:
+        with torch.inference_mode():
+            for raw in loader:
+                batch = batching.parse_batch(raw)
+                if cache is not None and cache.lookup(batch.index, batch.view,
+                                                      batch.size) is not None:
+                    bar.update(1)
+                    continue
+                batch = batching.to_device(batch, device)
+                features = batch.inputs if frontend is None else frontend(batch.inputs.float())
+                outputs = source(features)
+                if cache is None:
+                    shapes = {name: tuple(value.shape[1:]) for name, value in outputs.items()}
+                    cache = TeacherCache(Path(directory), key, len(dataset), 1, shapes)
+                    cache.prepare(explicit=True)
+                    cache.open()
+                cache.store(batch.index, batch.view, outputs)
+                bar.update(1)
+    finally:
+        bar.close()
     if cache is None:
         raise ValueError("fill_teacher_cache: the loader yielded no batch")
     cache.flush()

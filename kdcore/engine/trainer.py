@@ -205,10 +205,11 @@ class Trainer:
         return self.loop.device
 
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, *, epochs: int,
-            out_dir: str | Path | None = None, resume: bool = True) -> History:
+            out_dir: str | Path | None = None, resume: bool = True,
+            on_epoch: Callable[[dict], dict | None] | None = None) -> History:
         """See :meth:`kdcore.engine.loop.Loop.fit`."""
         return self.loop.fit(train_loader, val_loader, epochs=epochs, out_dir=out_dir,
-                             resume=resume)
+                             resume=resume, on_epoch=on_epoch)
 
     def evaluate(self, loader: Iterable, *, use_ema: bool = True) -> dict[str, float]:
         """See :meth:`kdcore.engine.loop.Loop.evaluate`."""
