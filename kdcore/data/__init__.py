@@ -19,7 +19,12 @@ from kdcore.data.audio import (
 )
 from kdcore.data.augment import SpecAugment, WaveAugment
 from kdcore.data.digits import ConnectedDigits, write_connected_digits
-from kdcore.data.mixtures import NoisyMixtures, TaggedMixtures, write_tagged_mixtures
+from kdcore.data.mixtures import (
+    NoisyMixtures,
+    TaggedMixtures,
+    write_tagged_mixtures,
+    write_tagging_dataset,
+)
 from kdcore.data.noise import NOISE_KINDS, make_noise, mix_at_snr
 from kdcore.data.sources import (
     AudioRecord,
@@ -67,4 +72,5 @@ __all__ = [
     "unlabelled_files",
     "write_connected_digits",
     "write_tagged_mixtures",
+    "write_tagging_dataset",
 ]
