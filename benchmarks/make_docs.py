@@ -672,6 +672,56 @@ def render_vad(entry: dict) -> list[str]:
     return lines
 
 
+def _mean_std3(stats: dict) -> str:
+    """``mean ± std`` of a score in [0, 1] with 3 decimals (the mean alone for one seed)."""
+    values = stats.get("per_seed", stats.get("values", []))
+    if len(values) > 1:
+        return f"{stats['mean']:.3f} ± {stats.get('std', 0.0):.3f}"
+    return f"{stats['mean']:.3f}"
+
+
+def render_tagging(entry: dict) -> list[str]:
+    results, per_seed = entry["results"], entry.get("per_seed", [])
+    rows = [[f"`{name}`", _mean_std3(r["mAP"]), _mean_std3(r["micro_ap"]),
+             count(r.get("parameters")), f"{r['train_s']['mean']:.0f}"
+             if isinstance(r.get("train_s"), dict) else "–"]
+            for name, r in results.items()]
+    lines = [cell(str(entry.get("benchmark", ""))), "", machine_line(entry), ""]
+    load = entry.get("load_average_1_5_15min")
+    if load:
+        lines += [f"load average (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in load)}"
+                  f"; wall time {entry.get('wall_s', 0.0) / 60:.1f} min", ""]
+    lines += table(["model", "mAP", "micro AP", "parameters", "run wall s (mean)"],
+                   rows) + [""]
+    tags = list(per_seed[0]["teacher"]["ap_per_tag"]) if per_seed else []
+    if tags:
+        tag_rows = []
+        for name in results:
+            means = []
+            for tag in tags:
+                values = [r[name]["ap_per_tag"][tag] for r in per_seed
+                          if r[name]["ap_per_tag"].get(tag) is not None]
+                means.append(f"{sum(values) / len(values):.3f}" if values else "–")
+            tag_rows.append([f"`{name}`", *means])
+        lines += ["Per-tag AP, mean over seeds:", ""]
+        lines += table(["model", *tags], tag_rows) + [""]
+    data, kd = entry.get("data", {}), entry.get("kd", {})
+    lines += [f"- seeds: {fmt(entry.get('seeds_finished'))}"
+              + ("" if entry.get("complete", True) else " (incomplete)"),
+              f"- data: {cell(str(data.get('speech', '–')))}; held out: "
+              f"{', '.join(data.get('held_out_speakers', []))}; tags present with probability "
+              f"{fmt(data.get('tag_probability'))} at "
+              f"{' to '.join(fmt(v) for v in data.get('level_db', []))} dB",
+              f"- KD: {kd.get('loss', '–')}, alpha {fmt(kd.get('alpha'))}, temperature "
+              f"{fmt(kd.get('temperature'))}, teacher {kd.get('teacher_mode', '–')}; teacher / "
+              f"student parameters {fmt(entry.get('teacher_to_student_parameters'), 3)}"]
+    commands = entry.get("cli_commands", {})
+    if commands:
+        lines += [f"- commands per seed ({cell(str(entry.get('cli_note', '')))}):", "",
+                  "```bash", *commands.values(), "```"]
+    return lines
+
+
 def _percent(stats: dict) -> dict:
     """mean/std/values of a fraction, in percent (for :func:`mean_std`)."""
     values = stats.get("per_seed", stats.get("values", []))
@@ -685,6 +735,8 @@ TEACHER_SECTIONS: tuple[tuple[str, str, Callable[[dict], list[str]]], ...] = (
     ("enhancement", "Speech enhancement: NSNet2 distilled", render_enhancement),
     ("ctc", "Connected-digit ASR (CTC): teacher, student alone, student by KD", render_ctc),
     ("vad", "Voice activity: Silero VAD distilled, per noise kind", render_vad),
+    ("tagging", "Audio tagging (multi-label): teacher, student alone, student by KD",
+     render_tagging),
 )
 
 

@@ -57,8 +57,8 @@ EXIT_USAGE = 2
 SYNTHETIC = "synthetic"
 # What marks a folder as holding a run, and what --overwrite removes (nothing else).
 RUN_MARKERS = ("run.json", "model.pt", "checkpoints", "metrics.jsonl")
-RUN_ARTEFACTS = (*RUN_MARKERS, "best.pt", "report.json", "confusion.png", "skipped.txt",
-                 "teacher_cache", "tensorboard")
+RUN_ARTEFACTS = (*RUN_MARKERS, "best.pt", "report.json", "confusion.png", "per_class_ap.png",
+                 "skipped.txt", "teacher_cache", "tensorboard")
 # Settings a resume may change: they do not change what is trained. ``epochs`` follows the
 # engine's policy for a longer run; every other setting must match the original run.
 RESUME_MAY_DIFFER = frozenset({"device", "no_progress", "config", "resume", "overwrite",
@@ -582,10 +582,13 @@ def task_metrics(task: str, classes: list[str] | None = None) -> dict | None:
 
 @torch.no_grad()
 def tagging_report(frontend: nn.Module, model: nn.Module, dataset, class_names: list[str],
-                   batch_size: int, device: torch.device, out: Path, split: str) -> dict:
+                   batch_size: int, device: torch.device, out: Path, split: str,
+                   title: str | None = None) -> dict:
     """Multilabel scores of ``model`` on ``dataset``: macro mAP, micro AP and micro/macro F1
-    of ``sigmoid(logits) >= 0.5``, and per-tag AP; printed and written to
-    ``out/report.json``."""
+    of ``sigmoid(logits) >= 0.5``, and per-tag AP; printed, written to ``out/report.json``
+    and plotted to ``out/per_class_ap.png`` (``title`` [None: "per-class AP, SPLIT
+    split"])."""
+    from kdcore.eval import save_average_precision_png
     from kdcore.eval.metrics import (
         average_precision,
         f1_at_threshold,
@@ -612,10 +615,17 @@ def tagging_report(frontend: nn.Module, model: nn.Module, dataset, class_names: 
     print(" ".join(f"{key} {report[key]:.4f}" for key in
                    ("mAP", "micro_ap", "f1_micro@0.5", "f1_macro@0.5")) +
           f" on {report['items']} {split} clips")
+    width = max(len(name) for name in class_names)
+    for name, value in report["ap_per_tag"].items():
+        print(f"  AP {name:<{width}} " + ("n/a (no positive)" if value is None
+                                          else f"{value:.4f}"))
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.json"
     _write_json_atomic(path, report)
-    print(f"wrote {path}")
+    plot = save_average_precision_png(report["ap_per_tag"], out / "per_class_ap.png",
+                                      title=title or f"per-class AP, {split} split",
+                                      mean_ap=report["mAP"])
+    print(f"wrote {path} and {plot}")
     return report
 
 
@@ -986,7 +996,8 @@ def _finish_training(engine, model: nn.Module, data: Data, args: argparse.Namesp
     if args.task == "multilabel":
         tagging_report(frontend, model,
                        data.evaluation, data.class_names, args.batch_size, _device(args), out,
-                       data.evaluation_split)
+                       data.evaluation_split,
+                       f"{model.model_name}: per-class AP, {data.evaluation_split} split")
         return
     if data.collate is not None:
         from kdcore.eval.tasks import task_report
@@ -1664,7 +1675,7 @@ def command_eval(args: argparse.Namespace) -> int:
     if args.task == "multilabel":
         tagging_report(frontend, checkpoint.model,
                        data.evaluation, data.class_names, args.batch_size, device, out,
-                       args.split)
+                       args.split, f"{checkpoint.model_name}: per-class AP, {args.split} split")
         return 0
     if args.task in _sequence_tasks():
         from kdcore import Trainer
@@ -2139,7 +2150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = _sub(commands, "eval", "classification report, JSON and confusion PNG of a "
                     "checkpoint; pitch scores of a pitch student.pt against its teacher or "
-                    "--against a CREPE model")
+                    "--against a CREPE model; multilabel: mAP, micro AP, per-class AP and its PNG")
     groups = _groups(evaluate)
     groups["model"].add_argument("--model", help="model checkpoint (model.pt), pitch "
                                  "student (student.pt) or registered CREPE model")

@@ -23,7 +23,12 @@ from kdcore.data.digits import (
     write_connected_digits,
     write_connected_digits_splits,
 )
-from kdcore.data.mixtures import NoisyMixtures, TaggedMixtures, write_tagged_mixtures
+from kdcore.data.mixtures import (
+    NoisyMixtures,
+    TaggedMixtures,
+    write_tagged_mixtures,
+    write_tagging_dataset,
+)
 from kdcore.data.noise import NOISE_KINDS, make_noise, mix_at_snr
 from kdcore.data.sources import (
     AudioRecord,
@@ -72,4 +77,5 @@ __all__ = [
     "write_connected_digits",
     "write_connected_digits_splits",
     "write_tagged_mixtures",
+    "write_tagging_dataset",
 ]

@@ -1,5 +1,5 @@
 """Evaluation reports: classification report (text, JSON), confusion-matrix PNG, multi-label
-mAP. Needs the ``report`` extra (scikit-learn, matplotlib)."""
+mAP and its per-class AP plot. Needs the ``report`` extra (scikit-learn, matplotlib)."""
 
 from kdcore.eval.report import (
     ClassificationReport,
@@ -7,6 +7,7 @@ from kdcore.eval.report import (
     MultiLabelReport,
     classification_report,
     multilabel_report,
+    save_average_precision_png,
     save_confusion_png,
 )
 
@@ -16,5 +17,6 @@ __all__ = [
     "MultiLabelReport",
     "classification_report",
     "multilabel_report",
+    "save_average_precision_png",
     "save_confusion_png",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -221,6 +221,54 @@ def save_confusion_png(confusion: np.ndarray, class_names: Sequence[str],
                 text = f"{matrix[i, j]:.2f}" if normalize else f"{int(matrix[i, j])}"
                 axes.text(j, i, text, ha="center", va="center", fontsize=7,
                           color="white" if matrix[i, j] > threshold else "black")
+    figure.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=100)
+    plt.close(figure)
+    return target
+
+
+def save_average_precision_png(per_class_ap: Mapping[str, float | None],
+                               path: str | os.PathLike, *, title: str | None = None,
+                               mean_ap: float | None = None) -> Path:
+    """Plot per-class average precision as horizontal bars (x: AP in [0, 1], y: class, in the
+    given order) with each value written at its bar's end, using matplotlib's Agg backend.
+    A class whose AP is None or NaN (no positive) is drawn as "n/a". ``mean_ap`` [None: the
+    mean of the defined values] is drawn as a dashed line; ``title`` [None: "per-class
+    average precision"]. Returns the PNG path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'kdcore[report]'") from None
+    names = [str(name) for name in per_class_ap]
+    if not names:
+        raise ValueError("per_class_ap is empty: nothing to plot")
+    values = [None if value is None or value != value else float(value)
+              for value in per_class_ap.values()]
+    defined = [value for value in values if value is not None]
+    if mean_ap is None and defined:
+        mean_ap = float(np.mean(defined))
+    figure, axes = plt.subplots(figsize=(6.4, max(2.5, 0.38 * len(names) + 1.4)))
+    rows = np.arange(len(names))
+    axes.barh(rows, [value or 0.0 for value in values], color="tab:blue", height=0.6)
+    for row, value in zip(rows, values, strict=True):
+        axes.text((value or 0.0) + 0.01, row, "n/a" if value is None else f"{value:.3f}",
+                  va="center", fontsize=8, zorder=3,
+                  bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0})
+    xlabel = "average precision"
+    if mean_ap is not None:
+        axes.axvline(mean_ap, color="tab:red", linestyle="--", zorder=2)
+        xlabel += f" (dashed red line: mAP {mean_ap:.3f})"
+    axes.set_yticks(rows, labels=names)
+    axes.invert_yaxis()  # first class on top
+    axes.set_xlim(0.0, 1.12)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("class")
+    axes.set_title(title or "per-class average precision")
     figure.tight_layout()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
