@@ -1144,6 +1144,10 @@ def _refuse_training_run(out: Path) -> None:
 def command_eval(args: argparse.Namespace) -> int:
     _require(args, "data", "model")
     from kdcore.checkpoints import load_model_checkpoint
+    from kdcore.enhance import is_enhancement_eval
+
+    if is_enhancement_eval(args.model, args.data):  # paired noisy,clean data or a mask model
+        return command_eval_enhancement(args)
 
     device = _device(args)
     checkpoint = load_model_checkpoint(args.model)
@@ -1173,6 +1177,30 @@ def command_eval(args: argparse.Namespace) -> int:
                                   not args.no_progress)
     write_report(labels, predictions, data.class_names, out,
                  f"{checkpoint.model_name}: {args.split} split")
+    return 0
+
+
+def command_eval_enhancement(args: argparse.Namespace) -> int:
+    """``kdcore eval`` of a mask student file or the nsnet2 teacher on paired noisy,clean data:
+    :func:`kdcore.enhance.evaluate_enhancement` (SI-SDRi, PESQ, STOI per SNR), report.json and
+    report.md in ``--out``."""
+    from kdcore.enhance import evaluate_enhancement
+
+    model = Path(args.model)
+    out = Path(args.out) if args.out is not None else (
+        model.parent / "eval" if model.is_file() else Path(f"eval_{model.name}"))
+    _refuse_training_run(out)
+    teacher = args.teacher or "nsnet2"
+    teacher = None if teacher.lower() == "none" else teacher
+    try:
+        report = evaluate_enhancement({str(args.model): str(args.model)}, args.data,
+                                      teacher=teacher, out=out,
+                                      split=None if args.split == "all" else args.split)
+    except ValueError as error:  # a bad manifest, audio file or model file
+        raise CLIError(str(error)) from error
+    write_run_record(out, "eval", args, _device(args))
+    print((out / "report.md").read_text(), flush=True)
+    print(f"wrote {out / 'report.json'} and {out / 'report.md'} ({report['clips']} clips)")
     return 0
 
 
@@ -1605,6 +1633,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="the split to score; all: every file")
     groups["output"].add_argument("--out", default=None, help="output folder (default: "
                                   "next to the checkpoint, eval/)")
+    groups["model"].add_argument("--teacher", default=None,
+                                 help="enhancement (paired noisy,clean --data): the teacher "
+                                      "scored next to --model (default nsnet2; none: skip)")
     _add_data(groups, frontend=False)
     _add_common(groups)
     evaluate.set_defaults(handler=command_eval)
