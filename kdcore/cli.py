@@ -985,6 +985,8 @@ def command_demo(args: argparse.Namespace) -> int:
 
 def command_train(args: argparse.Namespace) -> int:
     _require(args, "data", "model", "out")
+    if _paired_data(args):  # --model mask_student --task regression on noisy,clean pairs
+        return command_train_mask_student(args, teacher=None)
     _check_model_name(args.model)
     _device(args)
     check_training_args(args)
@@ -1079,6 +1081,8 @@ def _check_cache_dir(cache_dir: Path, args: argparse.Namespace) -> None:
 
 def command_distill(args: argparse.Namespace) -> int:
     _require(args, "data", "teacher", "student", "out")
+    if _paired_data(args):  # --teacher nsnet2 --student mask_student on noisy,clean pairs
+        return command_train_mask_student(args, teacher=args.teacher)
     from kdcore.data import SyntheticAudio, load_source
 
     _check_model_name(args.student)
@@ -1123,6 +1127,53 @@ def command_distill(args: argparse.Namespace) -> int:
     _finish_training(distiller, student, data, args, plan.out, "student",
                      {"command": "distill", "teacher": ", ".join(paths),
                       "temperature": args.temperature, "alpha": args.alpha})
+    return 0
+
+
+def _paired_data(args: argparse.Namespace) -> bool:
+    from kdcore.enhance import is_paired_data
+
+    return is_paired_data(args.data)
+
+
+def command_train_mask_student(args: argparse.Namespace, teacher: object) -> int:
+    """``train``/``distill`` on paired noisy,clean ``--data``: a ``mask_student`` (NSNet2's
+    frontend, a causal GRU mask estimator) by :func:`kdcore.enhance.train_mask_student`, alone
+    on ideal ratio masks (``train``) or from the ``nsnet2`` teacher with ``--alpha``
+    (``distill``)."""
+    from kdcore.enhance import train_mask_student
+
+    name = args.model if args.command == "train" else args.student
+    if name != "mask_student" or args.task != "regression":
+        raise CLIError(f"paired noisy,clean --data {args.data} trains an enhancement mask "
+                       f"student: pass {'--model' if args.command == 'train' else '--student'} "
+                       "mask_student --task regression")
+    if teacher is not None:
+        teacher = teacher[0] if isinstance(teacher, (list, tuple)) and len(teacher) == 1 \
+            else teacher
+        if teacher != "nsnet2":
+            raise CLIError(f"--teacher {teacher}: paired noisy,clean data is distilled from the "
+                           "registered gain-mask teacher nsnet2 only")
+    out = Path(args.out)
+    if (out / "student.pt").exists() and not args.overwrite:
+        raise CLIError(f"--out {out} already holds a student.pt; pass --overwrite or another "
+                       "--out")
+    kwargs = parse_model_args(args.model_arg)
+    unknown = set(kwargs) - {"hidden"}
+    if unknown:
+        raise CLIError(f"--model-arg {sorted(unknown)}: mask_student takes hidden=N only")
+    device = _device(args)
+    try:
+        path = train_mask_student(
+            args.data, out, teacher=teacher, alpha=getattr(args, "alpha", 1.0),
+            hidden=int(kwargs.get("hidden", 128)), epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, seed=args.seed, seconds=args.clip_seconds,
+            device=str(device), progress=not args.no_progress)
+    except ValueError as error:  # a bad manifest, audio file or setting
+        raise CLIError(str(error)) from error
+    write_run_record(out, args.command, args, device)
+    print(f"wrote {path}: evaluate it with `kdcore eval --model {path} --data PAIRS.csv`, "
+          f"apply it with `kdcore enhance --model {path} IN.wav OUT.wav`")
     return 0
 
 

@@ -35,11 +35,12 @@ from kdcore.teachers import nsnet2 as ns
 SAMPLE_RATE = ns.SAMPLE_RATE
 WAV_EXTENSIONS = (".wav", ".flac")
 
-__all__ = ["ExportedEnhancer", "MaskPairs", "PairedClip", "SpeechClips", "clip_scores",
-           "enhance_file", "enhance_folder", "enhance_path", "enhance_waveform",
+__all__ = ["ExportedEnhancer", "MaskPairs", "PairedClip", "PairedSegments", "SpeechClips",
+           "clip_scores", "enhance_file", "enhance_folder", "enhance_path", "enhance_waveform",
            "evaluate_enhancement", "export_enhancer_onnx", "ideal_ratio_mask",
-           "is_enhancement_eval", "load_enhancer", "mean_scores", "read_paired_manifest",
-           "save_student", "stream_masks", "write_enhancement_report"]
+           "is_enhancement_eval", "is_paired_data", "load_enhancer", "mean_scores",
+           "read_paired_manifest", "save_student", "stream_masks", "train_mask_student",
+           "write_enhancement_report"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,6 +298,97 @@ class MaskPairs(Dataset):
     def fingerprint(self) -> str:
         inner = getattr(self.mixtures, "fingerprint", None)
         return "mask_pairs:" + (inner() if callable(inner) else str(len(self.mixtures)))
+
+
+class PairedSegments(Dataset):
+    """Training items from paired clips (:func:`read_paired_manifest` rows): each pair is read
+    as mono, resampled to 16 kHz (:class:`kdcore.Resample`) and cut into ``seconds`` (default
+    1.0) segments, the last zero-padded; item ``i`` is ``{"waveform": noisy (T,), "label":
+    ideal_ratio_mask(clean, noisy - clean) (frames, 161), "index": i}`` (the layout of
+    :class:`MaskPairs`). Segments are fixed, so a teacher cache keyed by index stays valid."""
+
+    def __init__(self, pairs: list[PairedClip], seconds: float = 1.0) -> None:
+        if not seconds > 0:
+            raise ValueError(f"seconds must be positive, got {seconds!r}")
+        length = int(round(seconds * SAMPLE_RATE))
+        self.noisy: list[torch.Tensor] = []
+        self.clean: list[torch.Tensor] = []
+        self.names: list[str] = []
+        for pair in pairs:
+            noisy, clean = _read_16k(pair.noisy), _read_16k(pair.clean)
+            if noisy.shape != clean.shape:
+                raise ValueError(f"row {pair.row}: noisy {str(pair.noisy)!r} and clean "
+                                 f"{str(pair.clean)!r} differ in length at 16 kHz "
+                                 f"({noisy.shape[0]} and {clean.shape[0]} samples)")
+            for start in range(0, noisy.shape[0], length):
+                pad = max(0, start + length - noisy.shape[0])
+                self.noisy.append(F.pad(noisy[start: start + length], (0, pad)))
+                self.clean.append(F.pad(clean[start: start + length], (0, pad)))
+                self.names.append(f"{pair.noisy}@{start}")
+        if not self.noisy:
+            raise ValueError("no training segments: the pairs are empty")
+
+    def __len__(self) -> int:
+        return len(self.noisy)
+
+    def __getitem__(self, index: int) -> dict:
+        noisy, clean = self.noisy[index], self.clean[index]
+        return {"waveform": noisy, "index": index,
+                "label": ideal_ratio_mask(clean.double(), (noisy.double() - clean.double()))[0]}
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(str(self.noisy[0].shape[0]).encode())
+        for name in self.names:
+            digest.update(name.encode())
+        return "paired_segments:" + digest.hexdigest()[:16]
+
+
+def train_mask_student(data: str | os.PathLike, out: str | os.PathLike, *,
+                       teacher: str | None = None, alpha: float = 1.0, hidden: int = 128,
+                       epochs: int = 5, batch_size: int = 16, lr: float = 3e-3, seed: int = 0,
+                       seconds: float = 1.0, split: str | None = "train",
+                       device: str = "cpu", progress: bool = False) -> Path:
+    """Train a :class:`~kdcore.teachers.nsnet2.MaskStudent` on paired noisy,clean data
+    (:func:`read_paired_manifest`, cut by :class:`PairedSegments`) with the engine's
+    ``regression`` task (MSE on NSNet2-domain gain masks) and save it with
+    :func:`save_student` as ``out/student.pt`` (returned); the engine's checkpoints and
+    history go to ``out`` too.
+
+    - ``teacher`` None (default): alone, on ideal ratio masks (:class:`kdcore.Trainer`).
+    - ``teacher="nsnet2"``: :class:`kdcore.Distiller` from the teacher's cached masks, loss
+      ``alpha * MSE(student, teacher) + (1 - alpha) * MSE(student, IRM)`` (``alpha`` default
+      1.0: KD alone; 0.5 weighs both).
+
+    Other defaults: ``hidden`` 128, ``epochs`` 5, ``batch_size`` 16, ``lr`` 3e-3, ``seed`` 0
+    (init and data order), ``seconds`` 1.0 (segment length), ``split`` "train" (the rows of
+    that ``split`` when the manifest has the column, else every row; None: every row),
+    ``device`` "cpu", ``progress`` False."""
+    import kdcore
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    segments = PairedSegments(read_paired_manifest(data, split=split), seconds=seconds)
+    out = Path(out)
+    torch.manual_seed(seed)
+    student = ns.MaskStudent(hidden=hidden)
+    loader = torch.utils.data.DataLoader(segments, batch_size=batch_size, shuffle=True)
+    common = {"task": "regression", "distance": "mse", "frontend": ns.NSNet2Features(),
+              "lr": lr, "progress": progress, "device": device, "seed": seed}
+    if teacher is None:
+        runner = kdcore.Trainer(student, **common)
+    else:
+        if teacher != "nsnet2":
+            raise ValueError(f"teacher must be None or 'nsnet2', got {teacher!r}")
+        from kdcore import teachers
+
+        bundle = teachers.load(teacher)
+        runner = kdcore.Distiller(bundle.model, student, alpha=alpha,
+                                  teacher_fingerprint=bundle.fingerprint, **common)
+    history = runner.fit(loader, epochs=epochs, out_dir=out)
+    return save_student(out / "student.pt", student.eval(), teacher=teacher,
+                        alpha=alpha if teacher is not None else 0.0, epochs=epochs,
+                        segments=len(segments), data=str(data),
+                        final_train_loss=history.last.get("train_loss"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,21 +731,30 @@ def write_enhancement_report(report: dict[str, Any], out: str | os.PathLike, *,
     return out
 
 
+def is_paired_data(data: str | os.PathLike | None) -> bool:
+    """Whether ``data`` looks like paired enhancement data: a CSV (or a folder's
+    ``manifest.csv``) whose header has a ``noisy`` or ``clean`` column (the other one is
+    checked by :func:`read_paired_manifest`), or a folder with ``noisy/`` and ``clean/``."""
+    if data is None:
+        return False
+    path = Path(data)
+    if path.is_dir() and (path / "noisy").is_dir() and (path / "clean").is_dir():
+        return True
+    csv_path = path / "manifest.csv" if path.is_dir() else path
+    if not (csv_path.is_file() and csv_path.suffix.lower() == ".csv"):
+        return False
+    with open(csv_path, newline="") as handle:
+        header = next(csv.reader(handle), [])
+    return bool({"noisy", "clean"} & {c.strip() for c in header})
+
+
 def is_enhancement_eval(model: Any, data: str | os.PathLike | None) -> bool:
     """Whether ``kdcore eval --model M --data D`` is an enhancement evaluation: ``data`` is a
     manifest (or a folder's ``manifest.csv``) with a ``noisy`` or ``clean`` column, a folder
     with ``noisy/`` and ``clean/`` subfolders, or ``model`` is a mask student file or the
     registered gain-mask teacher ``nsnet2``."""
-    if data is not None:
-        path = Path(data)
-        if path.is_dir() and (path / "noisy").is_dir() and (path / "clean").is_dir():
-            return True
-        csv_path = path / "manifest.csv" if path.is_dir() else path
-        if csv_path.is_file() and csv_path.suffix.lower() == ".csv":
-            with open(csv_path, newline="") as handle:
-                header = next(csv.reader(handle), [])
-            if {"noisy", "clean"} & {c.strip() for c in header}:
-                return True
+    if is_paired_data(data):
+        return True
     if not isinstance(model, (str, os.PathLike)):
         return False
     path = Path(model)
