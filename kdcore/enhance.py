@@ -12,6 +12,10 @@
 - Streaming: :func:`stream_masks` runs a student one frame at a time with its GRU state.
 - Export: :class:`ExportedEnhancer` (waveform -> mask and enhanced waveform in plain ops) and
   :func:`export_enhancer_onnx`.
+- Paired noisy,clean data (:func:`read_paired_manifest`): :func:`train_mask_student` (``kdcore
+  train --model mask_student`` / ``kdcore distill --teacher nsnet2 --student mask_student``,
+  ``--task regression``) and :func:`evaluate_enhancement` (``kdcore eval``: SI-SDRi, PESQ,
+  STOI per SNR for the noisy input, the model and the teacher).
 """
 
 from __future__ import annotations
@@ -660,12 +664,12 @@ def evaluate_enhancement(models: dict[str, Any] | Any, data: str | os.PathLike, 
                   else type(models).__name__: models}
     if not models:
         raise ValueError("models is empty: give at least one model to evaluate")
+    pairs = read_paired_manifest(data, split=split)  # a bad manifest fails before models load
     systems: dict[str, Any] = {"noisy": None}
     for name, model in models.items():
         systems[str(name)] = load_enhancer(model)
     if teacher is not None and teacher not in systems:
         systems[teacher] = load_enhancer(teacher)
-    pairs = read_paired_manifest(data, split=split)
     scores: dict[str, dict[str, list]] = {}
     for pair in pairs:
         noisy, clean = _read_16k(pair.noisy), _read_16k(pair.clean)
