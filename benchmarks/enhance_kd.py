@@ -21,6 +21,7 @@ Writes the key ``enhancement`` of ``benchmarks/results/teachers-cpu.json`` (othe
     python benchmarks/enhance_kd.py [--quick] [--seeds 0 1 2] [--threads 1]
                                     [--save runs/enhance_kd]
     python benchmarks/enhance_kd.py --load runs/enhance_kd    # re-evaluate saved students
+    python benchmarks/enhance_kd.py --write-pairs runs/pairs  # the test set for kdcore eval
 
 PESQ is averaged over the clips where the ``pesq`` package finds an utterance; the clips it
 rejects are counted in ``pesq_failed_clips``.
@@ -122,6 +123,24 @@ def test_pairs(test_speech, snr: float, count: int) -> tuple[torch.Tensor, ...]:
     return noisy, clean, en.ideal_ratio_mask(clean, torch.stack([it["noise"] for it in items]))
 
 
+def write_pairs(tests: dict, folder: Path) -> None:
+    """The test mixtures of :func:`test_pairs` as float WAVs at 16 kHz and a paired manifest
+    (``noisy``, ``clean``, ``snr_db``) that ``kdcore eval --data`` reads."""
+    import soundfile
+
+    (folder / "noisy").mkdir(parents=True, exist_ok=True)
+    (folder / "clean").mkdir(parents=True, exist_ok=True)
+    rows = ["noisy,clean,snr_db"]
+    for key, (noisy, clean, _) in tests.items():
+        for i, (x, s) in enumerate(zip(noisy, clean, strict=True)):
+            name = f"{key}_{i:03d}.wav"
+            soundfile.write(folder / "noisy" / name, x.numpy(), ns.SAMPLE_RATE, subtype="FLOAT")
+            soundfile.write(folder / "clean" / name, s.numpy(), ns.SAMPLE_RATE, subtype="FLOAT")
+            rows.append(f"noisy/{name},clean/{name},{key[:-2]}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    print(f"wrote {len(rows) - 1} pairs and {folder / 'manifest.csv'}")
+
+
 def evaluate(systems: dict, pairs: tuple[torch.Tensor, ...], teacher_mask) -> dict:
     """Mean scores (:func:`kdcore.enhance.clip_scores`) and mask MSEs of each system."""
     noisy, clean, irm = pairs
@@ -177,6 +196,9 @@ def main() -> None:
                              "and their training records")
     parser.add_argument("--load", type=Path, default=None,
                         help="evaluate the students saved by an earlier --save (no training)")
+    parser.add_argument("--write-pairs", type=Path, default=None, metavar="DIR",
+                        help="only write the held-out test mixtures as 16 kHz WAVs and "
+                             "DIR/manifest.csv (noisy,clean,snr_db,speaker) for `kdcore eval`")
     args = parser.parse_args()
     if args.quick:
         args.clips, args.epochs, args.eval_clips = 24, 2, 6
@@ -191,6 +213,9 @@ def main() -> None:
     bundle = kdcore.teachers.load("nsnet2")
     teacher = ns.NSNet2(threads=args.threads)
     tests = {f"{snr}dB": test_pairs(test_speech, snr, args.eval_clips) for snr in TEST_SNRS}
+    if args.write_pairs is not None:
+        write_pairs(tests, args.write_pairs)
+        return
     fixed = {"noisy": None, "nsnet2": en.load_enhancer(bundle)}
     teacher_masks = {key: fixed["nsnet2"].masks(pair[0]) for key, pair in tests.items()}
     fixed_rows = {key: evaluate(fixed, pair, teacher_masks[key]) for key, pair in tests.items()}

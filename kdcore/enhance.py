@@ -664,6 +664,8 @@ def evaluate_enhancement(models: dict[str, Any] | Any, data: str | os.PathLike, 
                   else type(models).__name__: models}
     if not models:
         raise ValueError("models is empty: give at least one model to evaluate")
+    if "noisy" in models:
+        raise ValueError("models: the name 'noisy' is the unprocessed input's; rename the model")
     pairs = read_paired_manifest(data, split=split)  # a bad manifest fails before models load
     systems: dict[str, Any] = {"noisy": None}
     for name, model in models.items():
