@@ -1131,9 +1131,12 @@ def command_distill(args: argparse.Namespace) -> int:
 
 
 def _paired_data(args: argparse.Namespace) -> bool:
+    """A train/distill of an enhancement mask student: ``mask_student`` named, or a paired
+    noisy,clean manifest as ``--data``."""
     from kdcore.enhance import is_paired_data
 
-    return is_paired_data(args.data)
+    name = args.model if args.command == "train" else args.student
+    return name == "mask_student" or is_paired_data(args.data, folders=False)
 
 
 def command_train_mask_student(args: argparse.Namespace, teacher: object) -> int:

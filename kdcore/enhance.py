@@ -42,7 +42,8 @@ WAV_EXTENSIONS = (".wav", ".flac")
 __all__ = ["ExportedEnhancer", "MaskPairs", "PairedClip", "PairedSegments", "SpeechClips",
            "clip_scores", "enhance_file", "enhance_folder", "enhance_path", "enhance_waveform",
            "evaluate_enhancement", "export_enhancer_onnx", "ideal_ratio_mask",
-           "is_enhancement_eval", "is_paired_data", "load_enhancer", "mean_scores",
+           "is_enhancement_eval", "is_mask_model", "is_paired_data",
+           "load_enhancer", "mean_scores",
            "read_paired_manifest", "save_student", "stream_masks", "train_mask_student",
            "write_enhancement_report"]
 
@@ -737,30 +738,29 @@ def write_enhancement_report(report: dict[str, Any], out: str | os.PathLike, *,
     return out
 
 
-def is_paired_data(data: str | os.PathLike | None) -> bool:
+def is_paired_data(data: str | os.PathLike | None, *, folders: bool = True) -> bool:
     """Whether ``data`` looks like paired enhancement data: a CSV (or a folder's
-    ``manifest.csv``) whose header has a ``noisy`` or ``clean`` column (the other one is
-    checked by :func:`read_paired_manifest`), or a folder with ``noisy/`` and ``clean/``."""
+    ``manifest.csv``) whose header has a ``noisy`` column, or a ``clean`` column and no
+    ``path`` column (the other one is checked by :func:`read_paired_manifest`); with
+    ``folders`` (default True) also a folder with ``noisy/`` and ``clean/`` subfolders (which a
+    class-per-folder data set of those two classes looks like too)."""
     if data is None:
         return False
     path = Path(data)
-    if path.is_dir() and (path / "noisy").is_dir() and (path / "clean").is_dir():
+    if folders and path.is_dir() and (path / "noisy").is_dir() and (path / "clean").is_dir():
         return True
     csv_path = path / "manifest.csv" if path.is_dir() else path
     if not (csv_path.is_file() and csv_path.suffix.lower() == ".csv"):
         return False
     with open(csv_path, newline="") as handle:
-        header = next(csv.reader(handle), [])
-    return bool({"noisy", "clean"} & {c.strip() for c in header})
+        header = {c.strip() for c in next(csv.reader(handle), [])}
+    return "noisy" in header or ("clean" in header and "path" not in header)
 
 
-def is_enhancement_eval(model: Any, data: str | os.PathLike | None) -> bool:
-    """Whether ``kdcore eval --model M --data D`` is an enhancement evaluation: ``data`` is a
-    manifest (or a folder's ``manifest.csv``) with a ``noisy`` or ``clean`` column, a folder
-    with ``noisy/`` and ``clean/`` subfolders, or ``model`` is a mask student file or the
-    registered gain-mask teacher ``nsnet2``."""
-    if is_paired_data(data):
-        return True
+def is_mask_model(model: Any) -> bool:
+    """Whether ``model`` names a mask student file (:func:`save_student`, or a Trainer or
+    Distiller checkpoint of a :class:`~kdcore.teachers.nsnet2.MaskStudent`) or the registered
+    gain-mask teacher ``nsnet2``."""
     if not isinstance(model, (str, os.PathLike)):
         return False
     path = Path(model)
@@ -776,4 +776,12 @@ def is_enhancement_eval(model: Any, data: str | os.PathLike | None) -> bool:
         spec = teachers.spec(str(model))
     except ValueError:  # not a registered teacher name
         return False
-    return spec.module == "nsnet2"  # the registry's gain-mask teacher
+    return spec.module == "nsnet2"
+
+
+def is_enhancement_eval(model: Any, data: str | os.PathLike | None) -> bool:
+    """Whether ``kdcore eval --model M --data D`` is an enhancement evaluation: ``model`` is a
+    mask model (:func:`is_mask_model`), or ``data`` is a paired manifest
+    (:func:`is_paired_data` without the folder form, which a class-per-folder data set can
+    look like)."""
+    return is_mask_model(model) or is_paired_data(data, folders=False)

@@ -335,6 +335,17 @@ def test_paired_data_formats_and_their_errors(tmp_path):
         en.read_paired_manifest(manifest)
     assert en.is_enhancement_eval("model.pt", manifest)
     assert not en.is_enhancement_eval("model.pt", tmp_path / "other.csv")
+    # noisy/ and clean/ folders alone may be a class-per-folder set: only a mask model says
+    manifest.unlink()
+    assert en.is_paired_data(tmp_path / "set") and not en.is_enhancement_eval(
+        "model.pt", tmp_path / "set")
+    (tmp_path / "labels.csv").write_text("path,label,clean\nnoisy/x.wav,a,1\n")
+    assert not en.is_paired_data(tmp_path / "labels.csv")
+    torch.save({"model": {"weight": torch.zeros(1)}}, tmp_path / "classifier.pt")
+    assert not en.is_mask_model(tmp_path / "classifier.pt")
+    assert en.is_mask_model(en.save_student(tmp_path / "s.pt", ns.MaskStudent(hidden=4)))
+    assert en.is_enhancement_eval(tmp_path / "s.pt", tmp_path / "set")
+    assert not en.is_mask_model("no-such-teacher")
 
 
 def _pairs_manifest(folder: Path, rate: int = 16000) -> Path:
