@@ -1158,9 +1158,16 @@ def command_train_mask_student(args: argparse.Namespace, teacher: object) -> int
             raise CLIError(f"--teacher {teacher}: paired noisy,clean data is distilled from the "
                            "registered gain-mask teacher nsnet2 only")
     out = Path(args.out)
-    if (out / "student.pt").exists() and not args.overwrite:
-        raise CLIError(f"--out {out} already holds a student.pt; pass --overwrite or another "
-                       "--out")
+    if args.resume and args.overwrite:
+        raise CLIError("--resume continues the run in --out and --overwrite replaces it; "
+                       "pass only one of them")
+    done = [n for n in ("student.pt", "checkpoints") if (out / n).exists()]
+    if done and not (args.overwrite or args.resume):
+        raise CLIError(f"--out {out} already holds a run ({', '.join(done)}); pass --resume, "
+                       "--overwrite or another --out")
+    if args.overwrite:  # the teacher cache is keyed by teacher and data and stays
+        for name in done:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
     kwargs = parse_model_args(args.model_arg)
     unknown = set(kwargs) - {"hidden"}
     if unknown:
@@ -1171,7 +1178,7 @@ def command_train_mask_student(args: argparse.Namespace, teacher: object) -> int
             args.data, out, teacher=teacher, alpha=getattr(args, "alpha", 1.0),
             hidden=int(kwargs.get("hidden", 128)), epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, seconds=args.clip_seconds,
-            device=str(device), progress=not args.no_progress)
+            device=str(device), progress=not args.no_progress, resume=args.resume)
     except ValueError as error:  # a bad manifest, audio file or setting
         raise CLIError(str(error)) from error
     write_run_record(out, args.command, args, device)

@@ -305,6 +305,12 @@ class MaskPairs(Dataset):
         return "mask_pairs:" + (inner() if callable(inner) else str(len(self.mixtures)))
 
 
+def _file_key(path: Path) -> str:
+    """``path`` with its size and modification time: a rewritten file changes the key."""
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 class PairedSegments(Dataset):
     """Training items from paired clips (:func:`read_paired_manifest` rows): each pair is read
     as mono, resampled to 16 kHz (:class:`kdcore.Resample`) and cut into ``seconds`` (default
@@ -329,7 +335,7 @@ class PairedSegments(Dataset):
                 pad = max(0, start + length - noisy.shape[0])
                 self.noisy.append(F.pad(noisy[start: start + length], (0, pad)))
                 self.clean.append(F.pad(clean[start: start + length], (0, pad)))
-                self.names.append(f"{pair.noisy}@{start}")
+                self.names.append(f"{_file_key(pair.noisy)}|{_file_key(pair.clean)}@{start}")
         if not self.noisy:
             raise ValueError("no training segments: the pairs are empty")
 
@@ -352,7 +358,8 @@ def train_mask_student(data: str | os.PathLike, out: str | os.PathLike, *,
                        teacher: str | None = None, alpha: float = 1.0, hidden: int = 128,
                        epochs: int = 5, batch_size: int = 16, lr: float = 3e-3, seed: int = 0,
                        seconds: float = 1.0, split: str | None = "train",
-                       device: str = "cpu", progress: bool = False) -> Path:
+                       device: str = "cpu", progress: bool = False,
+                       resume: bool = False) -> Path:
     """Train a :class:`~kdcore.teachers.nsnet2.MaskStudent` on paired noisy,clean data
     (:func:`read_paired_manifest`, cut by :class:`PairedSegments`) with the engine's
     ``regression`` task (MSE on NSNet2-domain gain masks) and save it with
@@ -367,7 +374,8 @@ def train_mask_student(data: str | os.PathLike, out: str | os.PathLike, *,
     Other defaults: ``hidden`` 128, ``epochs`` 5, ``batch_size`` 16, ``lr`` 3e-3, ``seed`` 0
     (init and data order), ``seconds`` 1.0 (segment length), ``split`` "train" (the rows of
     that ``split`` when the manifest has the column, else every row; None: every row),
-    ``device`` "cpu", ``progress`` False."""
+    ``device`` "cpu", ``progress`` False, ``resume`` False (True continues from
+    ``out/checkpoints/last.pt`` when it exists; False starts afresh and replaces it)."""
     import kdcore
 
     if not 0.0 <= alpha <= 1.0:
@@ -389,7 +397,7 @@ def train_mask_student(data: str | os.PathLike, out: str | os.PathLike, *,
         bundle = teachers.load(teacher)
         runner = kdcore.Distiller(bundle.model, student, alpha=alpha,
                                   teacher_fingerprint=bundle.fingerprint, **common)
-    history = runner.fit(loader, epochs=epochs, out_dir=out)
+    history = runner.fit(loader, epochs=epochs, out_dir=out, resume=resume)
     return save_student(out / "student.pt", student.eval(), teacher=teacher,
                         alpha=alpha if teacher is not None else 0.0, epochs=epochs,
                         segments=len(segments), data=str(data),

@@ -393,6 +393,14 @@ def test_train_and_distill_commands_fit_a_mask_student_on_paired_data(tmp_path, 
         assert after < 0.8 * before, (name, float(before), float(after))
     assert (tmp_path / "kd" / "teacher_cache").is_dir()
     capsys.readouterr()
+    again = runs["alone"][0] + common + ["--out", str(tmp_path / "alone")]
+    assert cli.main(again) == 2
+    assert "--resume, --overwrite" in capsys.readouterr().err
+    saved = en.load_enhancer(tmp_path / "alone" / "student.pt").masks(noisy)
+    # a fresh 1-epoch run replaces the 8-epoch one (a resume would keep its weights)
+    assert cli.main(again + ["--overwrite", "--epochs", "1"]) == 0
+    fresh = en.load_enhancer(tmp_path / "alone" / "student.pt").masks(noisy)
+    assert not torch.allclose(fresh, saved)
     assert cli.main(["train", "--model", "student_dscnn"] + common
                     + ["--out", str(tmp_path / "bad")]) == 2
     assert "--model mask_student --task regression" in capsys.readouterr().err
