@@ -83,7 +83,7 @@ def save_student(path: str | os.PathLike, student: ns.MaskStudent, **meta: Any) 
 
 def _student_from_file(path: Path) -> ns.MaskStudent:
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
         raise ValueError(f"model file {str(path)!r} is not a readable torch checkpoint: "
                          f"{error}") from error

@@ -404,3 +404,38 @@ def test_train_and_distill_commands_fit_a_mask_student_on_paired_data(tmp_path, 
     assert cli.main(["train", "--model", "student_dscnn"] + common
                     + ["--out", str(tmp_path / "bad")]) == 2
     assert "--model mask_student --task regression" in capsys.readouterr().err
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: proof that a load ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_payload_in_a_model_file_never_runs(tmp_path, capsys):
+    """A .pt with a pickle payload given to `kdcore eval` (paired data) and `kdcore enhance`
+    is refused, and the payload does not run; a plain unpickler would run it."""
+    import pickle
+
+    from kdcore import cli
+
+    pickle.loads(pickle.dumps(_Payload(tmp_path / "control")))
+    assert (tmp_path / "control").exists()
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt"
+    torch.save({"kind": "mask_student", "state_dict": {}, "x": _Payload(marker)}, evil)
+    assert not en.is_mask_model(evil)
+    with pytest.raises(ValueError, match="evil.pt"):
+        en.load_enhancer(evil)
+    soundfile.write(tmp_path / "x.wav", np.zeros(1600), 16000)
+    (tmp_path / "pairs.csv").write_text("noisy,clean\nx.wav,x.wav\n")
+    assert cli.main(["eval", "--model", str(evil), "--data", str(tmp_path / "pairs.csv"),
+                     "--out", str(tmp_path / "ev")]) == 2
+    assert cli.main(["enhance", "--model", str(evil), str(tmp_path / "x.wav"),
+                     str(tmp_path / "y.wav")]) == 2
+    assert "evil.pt" in capsys.readouterr().err
+    assert not marker.exists()
