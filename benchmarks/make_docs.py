@@ -596,6 +596,16 @@ def render_pitch(entry: dict) -> list[str]:
     return lines
 
 
+def _enhancement_cell(row: dict, key: str, digits: int) -> str:
+    """``mean ± std`` (std to 2 significant digits) when ``row`` has a ``std`` over several
+    seeds, else the value alone."""
+    value, spread = row.get(key), (row.get("std") or {}).get(key)
+    seeds = len((row.get("per_seed") or {}).get(key) or [])
+    if isinstance(value, (int, float)) and isinstance(spread, (int, float)) and seeds > 1:
+        return f"{fmt(value, digits)} ± {fmt(spread, 2)}"
+    return fmt(value, digits)
+
+
 def render_enhancement(entry: dict) -> list[str]:
     results = entry["results"]
     systems = list(dict.fromkeys(name for row in results.values() for name, value in row.items()
@@ -605,12 +615,22 @@ def render_enhancement(entry: dict) -> list[str]:
         for name in systems:
             if name in row:
                 r = row[name]
-                rows.append([cell(snr), f"`{name}`", fmt(r.get("si_sdri_db"), 3),
-                             fmt(r.get("pesq_wb"), 3), fmt(r.get("stoi"), 3)])
+                rows.append([cell(snr), f"`{name}`", _enhancement_cell(r, "si_sdri_db", 3),
+                             _enhancement_cell(r, "pesq_wb", 3), _enhancement_cell(r, "stoi", 3)])
     params = entry.get("parameters", {})
     lines = [cell(str(entry.get("benchmark", ""))), "", machine_line(entry), ""]
     lines += table(["SNR", "system", "SI-SDRi (dB)", "PESQ (wb)", "STOI"], rows) + [""]
-    lines += [f"- parameters: NSNet2 {count(params.get('nsnet2'))}, student "
+    if "seeds_finished" in entry:
+        lines += [f"- seeds: {fmt(entry.get('seeds_finished'))}"
+                  + ("" if entry.get("complete", True) else
+                     f" of {fmt(entry.get('seeds'))} (incomplete)")
+                  + "; students: mean ± std over seeds; noisy and NSNet2 do not depend on "
+                    "the seed"]
+    if entry.get("note"):
+        lines += [f"- note: {cell(str(entry['note']))}"]
+    lines += [f"- budget per student: {cell(str(entry.get('budget', {}).get('per_student', '–')))}",
+              f"- command: `{cell(str(entry.get('command', '–')))}`",
+              f"- parameters: NSNet2 {count(params.get('nsnet2'))}, student "
               f"{count(params.get('student'))}",
               f"- student: {cell(str(entry.get('student', '–')))}",
               f"- metrics: {cell(str(entry.get('metrics', '–')))}"]

@@ -1064,6 +1064,8 @@ def command_demo(args: argparse.Namespace) -> int:
 
 def command_train(args: argparse.Namespace) -> int:
     _require(args, "data", "model", "out")
+    if _paired_data(args):  # --model mask_student --task regression on noisy,clean pairs
+        return command_train_mask_student(args, teacher=None)
     _check_model_name(args.model)
     _device(args)
     check_training_args(args)
@@ -1453,6 +1455,8 @@ def command_distill(args: argparse.Namespace) -> int:
     if name is not None:
         return distill_registered_frame_teacher(args, name)
     _require(args, "data", "teacher", "student", "out")
+    if _paired_data(args):  # --teacher nsnet2 --student mask_student on noisy,clean pairs
+        return command_train_mask_student(args, teacher=args.teacher)
     from kdcore.data import SyntheticAudio
 
     _check_model_name(args.student)
@@ -1622,6 +1626,63 @@ def command_eval_vad(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paired_data(args: argparse.Namespace) -> bool:
+    """A train/distill of an enhancement mask student: ``mask_student`` named, or a paired
+    noisy,clean manifest as ``--data``."""
+    from kdcore.enhance import is_paired_data
+
+    name = args.model if args.command == "train" else args.student
+    return name == "mask_student" or is_paired_data(args.data, folders=False)
+
+
+def command_train_mask_student(args: argparse.Namespace, teacher: object) -> int:
+    """``train``/``distill`` on paired noisy,clean ``--data``: a ``mask_student`` (NSNet2's
+    frontend, a causal GRU mask estimator) by :func:`kdcore.enhance.train_mask_student`, alone
+    on ideal ratio masks (``train``) or from the ``nsnet2`` teacher with ``--alpha``
+    (``distill``)."""
+    from kdcore.enhance import train_mask_student
+
+    name = args.model if args.command == "train" else args.student
+    if name != "mask_student" or args.task != "regression":
+        raise CLIError(f"paired noisy,clean --data {args.data} trains an enhancement mask "
+                       f"student: pass {'--model' if args.command == 'train' else '--student'} "
+                       "mask_student --task regression")
+    if teacher is not None:
+        teacher = teacher[0] if isinstance(teacher, (list, tuple)) and len(teacher) == 1 \
+            else teacher
+        if teacher != "nsnet2":
+            raise CLIError(f"--teacher {teacher}: paired noisy,clean data is distilled from the "
+                           "registered gain-mask teacher nsnet2 only")
+    out = Path(args.out)
+    if args.resume and args.overwrite:
+        raise CLIError("--resume continues the run in --out and --overwrite replaces it; "
+                       "pass only one of them")
+    done = [n for n in ("student.pt", "checkpoints") if (out / n).exists()]
+    if done and not (args.overwrite or args.resume):
+        raise CLIError(f"--out {out} already holds a run ({', '.join(done)}); pass --resume, "
+                       "--overwrite or another --out")
+    if args.overwrite:  # the teacher cache is keyed by teacher and data and stays
+        for name in done:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+    kwargs = parse_model_args(args.model_arg)
+    unknown = set(kwargs) - {"hidden"}
+    if unknown:
+        raise CLIError(f"--model-arg {sorted(unknown)}: mask_student takes hidden=N only")
+    device = _device(args)
+    try:
+        path = train_mask_student(
+            args.data, out, teacher=teacher, alpha=getattr(args, "alpha", 1.0),
+            hidden=int(kwargs.get("hidden", 128)), epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, seed=args.seed, seconds=args.clip_seconds,
+            device=str(device), progress=not args.no_progress, resume=args.resume)
+    except ValueError as error:  # a bad manifest, audio file or setting
+        raise CLIError(str(error)) from error
+    write_run_record(out, args.command, args, device)
+    print(f"wrote {path}: evaluate it with `kdcore eval --model {path} --data PAIRS.csv`, "
+          f"apply it with `kdcore enhance --model {path} IN.wav OUT.wav`")
+    return 0
+
+
 def _refuse_training_run(out: Path) -> None:
     """An eval's ``--out`` must not be a train/distill run folder (its report and run.json
     would be replaced)."""
@@ -1652,6 +1713,10 @@ def command_eval(args: argparse.Namespace) -> int:
     if wants_pitch_eval(args):
         return eval_pitch_run(args)
     from kdcore.checkpoints import load_model_checkpoint
+    from kdcore.enhance import is_enhancement_eval
+
+    if is_enhancement_eval(args.model, args.data):  # paired noisy,clean data or a mask model
+        return command_eval_enhancement(args)
 
     device = _device(args)
     checkpoint = load_model_checkpoint(args.model)
@@ -1695,6 +1760,30 @@ def command_eval(args: argparse.Namespace) -> int:
                                   not args.no_progress)
     write_report(labels, predictions, data.class_names, out,
                  f"{checkpoint.model_name}: {args.split} split")
+    return 0
+
+
+def command_eval_enhancement(args: argparse.Namespace) -> int:
+    """``kdcore eval`` of a mask student file or the nsnet2 teacher on paired noisy,clean data:
+    :func:`kdcore.enhance.evaluate_enhancement` (SI-SDRi, PESQ, STOI per SNR), report.json and
+    report.md in ``--out``."""
+    from kdcore.enhance import evaluate_enhancement
+
+    model = Path(args.model)
+    out = Path(args.out) if args.out is not None else (
+        model.parent / "eval" if model.is_file() else Path(f"eval_{model.name}"))
+    _refuse_training_run(out)
+    teacher = args.teacher or "nsnet2"
+    teacher = None if teacher.lower() == "none" else teacher
+    try:
+        report = evaluate_enhancement({str(args.model): str(args.model)}, args.data,
+                                      teacher=teacher, out=out,
+                                      split=None if args.split == "all" else args.split)
+    except ValueError as error:  # a bad manifest, audio file or model file
+        raise CLIError(str(error)) from error
+    write_run_record(out, "eval", args, _device(args))
+    print((out / "report.md").read_text(), flush=True)
+    print(f"wrote {out / 'report.json'} and {out / 'report.md'} ({report['clips']} clips)")
     return 0
 
 
@@ -2162,6 +2251,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="the split to score; all: every file")
     groups["output"].add_argument("--out", default=None, help="output folder (default: "
                                   "next to the checkpoint, eval/)")
+    groups["model"].add_argument("--teacher", default=None,
+                                 help="enhancement (paired noisy,clean --data): the teacher "
+                                      "scored next to --model (default nsnet2; none: skip)")
     _add_data(groups, frontend=False)
     _add_common(groups)
     evaluate.set_defaults(handler=command_eval)

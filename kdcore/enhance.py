@@ -12,6 +12,10 @@
 - Streaming: :func:`stream_masks` runs a student one frame at a time with its GRU state.
 - Export: :class:`ExportedEnhancer` (waveform -> mask and enhanced waveform in plain ops) and
   :func:`export_enhancer_onnx`.
+- Paired noisy,clean data (:func:`read_paired_manifest`): :func:`train_mask_student` (``kdcore
+  train --model mask_student`` / ``kdcore distill --teacher nsnet2 --student mask_student``,
+  ``--task regression``) and :func:`evaluate_enhancement` (``kdcore eval``: SI-SDRi, PESQ,
+  STOI per SNR for the noisy input, the model and the teacher).
 """
 
 from __future__ import annotations
@@ -35,9 +39,13 @@ from kdcore.teachers import nsnet2 as ns
 SAMPLE_RATE = ns.SAMPLE_RATE
 WAV_EXTENSIONS = (".wav", ".flac")
 
-__all__ = ["ExportedEnhancer", "MaskPairs", "SpeechClips", "enhance_file", "enhance_folder",
-           "enhance_path", "enhance_waveform", "export_enhancer_onnx", "ideal_ratio_mask",
-           "load_enhancer", "save_student", "stream_masks"]
+__all__ = ["ExportedEnhancer", "MaskPairs", "PairedClip", "PairedSegments", "SpeechClips",
+           "clip_scores", "enhance_file", "enhance_folder", "enhance_path", "enhance_waveform",
+           "evaluate_enhancement", "export_enhancer_onnx", "ideal_ratio_mask",
+           "is_enhancement_eval", "is_mask_model", "is_paired_data",
+           "load_enhancer", "mean_scores",
+           "read_paired_manifest", "save_student", "stream_masks", "train_mask_student",
+           "write_enhancement_report"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +83,7 @@ def save_student(path: str | os.PathLike, student: ns.MaskStudent, **meta: Any) 
 
 def _student_from_file(path: Path) -> ns.MaskStudent:
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
         raise ValueError(f"model file {str(path)!r} is not a readable torch checkpoint: "
                          f"{error}") from error
@@ -297,6 +305,105 @@ class MaskPairs(Dataset):
         return "mask_pairs:" + (inner() if callable(inner) else str(len(self.mixtures)))
 
 
+def _file_key(path: Path) -> str:
+    """``path`` with its size and modification time: a rewritten file changes the key."""
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class PairedSegments(Dataset):
+    """Training items from paired clips (:func:`read_paired_manifest` rows): each pair is read
+    as mono, resampled to 16 kHz (:class:`kdcore.Resample`) and cut into ``seconds`` (default
+    1.0) segments, the last zero-padded; item ``i`` is ``{"waveform": noisy (T,), "label":
+    ideal_ratio_mask(clean, noisy - clean) (frames, 161), "index": i}`` (the layout of
+    :class:`MaskPairs`). Segments are fixed, so a teacher cache keyed by index stays valid."""
+
+    def __init__(self, pairs: list[PairedClip], seconds: float = 1.0) -> None:
+        if not seconds > 0:
+            raise ValueError(f"seconds must be positive, got {seconds!r}")
+        length = int(round(seconds * SAMPLE_RATE))
+        self.noisy: list[torch.Tensor] = []
+        self.clean: list[torch.Tensor] = []
+        self.names: list[str] = []
+        for pair in pairs:
+            noisy, clean = _read_16k(pair.noisy), _read_16k(pair.clean)
+            if noisy.shape != clean.shape:
+                raise ValueError(f"row {pair.row}: noisy {str(pair.noisy)!r} and clean "
+                                 f"{str(pair.clean)!r} differ in length at 16 kHz "
+                                 f"({noisy.shape[0]} and {clean.shape[0]} samples)")
+            for start in range(0, noisy.shape[0], length):
+                pad = max(0, start + length - noisy.shape[0])
+                self.noisy.append(F.pad(noisy[start: start + length], (0, pad)))
+                self.clean.append(F.pad(clean[start: start + length], (0, pad)))
+                self.names.append(f"{_file_key(pair.noisy)}|{_file_key(pair.clean)}@{start}")
+        if not self.noisy:
+            raise ValueError("no training segments: the pairs are empty")
+
+    def __len__(self) -> int:
+        return len(self.noisy)
+
+    def __getitem__(self, index: int) -> dict:
+        noisy, clean = self.noisy[index], self.clean[index]
+        return {"waveform": noisy, "index": index,
+                "label": ideal_ratio_mask(clean.double(), (noisy.double() - clean.double()))[0]}
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(str(self.noisy[0].shape[0]).encode())
+        for name in self.names:
+            digest.update(name.encode())
+        return "paired_segments:" + digest.hexdigest()[:16]
+
+
+def train_mask_student(data: str | os.PathLike, out: str | os.PathLike, *,
+                       teacher: str | None = None, alpha: float = 1.0, hidden: int = 128,
+                       epochs: int = 5, batch_size: int = 16, lr: float = 3e-3, seed: int = 0,
+                       seconds: float = 1.0, split: str | None = "train",
+                       device: str = "cpu", progress: bool = False,
+                       resume: bool = False) -> Path:
+    """Train a :class:`~kdcore.teachers.nsnet2.MaskStudent` on paired noisy,clean data
+    (:func:`read_paired_manifest`, cut by :class:`PairedSegments`) with the engine's
+    ``regression`` task (MSE on NSNet2-domain gain masks) and save it with
+    :func:`save_student` as ``out/student.pt`` (returned); the engine's checkpoints and
+    history go to ``out`` too.
+
+    - ``teacher`` None (default): alone, on ideal ratio masks (:class:`kdcore.Trainer`).
+    - ``teacher="nsnet2"``: :class:`kdcore.Distiller` from the teacher's cached masks, loss
+      ``alpha * MSE(student, teacher) + (1 - alpha) * MSE(student, IRM)`` (``alpha`` default
+      1.0: KD alone; 0.5 weighs both).
+
+    Other defaults: ``hidden`` 128, ``epochs`` 5, ``batch_size`` 16, ``lr`` 3e-3, ``seed`` 0
+    (init and data order), ``seconds`` 1.0 (segment length), ``split`` "train" (the rows of
+    that ``split`` when the manifest has the column, else every row; None: every row),
+    ``device`` "cpu", ``progress`` False, ``resume`` False (True continues from
+    ``out/checkpoints/last.pt`` when it exists; False starts afresh and replaces it)."""
+    import kdcore
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    segments = PairedSegments(read_paired_manifest(data, split=split), seconds=seconds)
+    out = Path(out)
+    torch.manual_seed(seed)
+    student = ns.MaskStudent(hidden=hidden)
+    loader = torch.utils.data.DataLoader(segments, batch_size=batch_size, shuffle=True)
+    common = {"task": "regression", "distance": "mse", "frontend": ns.NSNet2Features(),
+              "lr": lr, "progress": progress, "device": device, "seed": seed}
+    if teacher is None:
+        runner = kdcore.Trainer(student, **common)
+    else:
+        if teacher != "nsnet2":
+            raise ValueError(f"teacher must be None or 'nsnet2', got {teacher!r}")
+        from kdcore import teachers
+
+        bundle = teachers.load(teacher)
+        runner = kdcore.Distiller(bundle.model, student, alpha=alpha,
+                                  teacher_fingerprint=bundle.fingerprint, **common)
+    history = runner.fit(loader, epochs=epochs, out_dir=out, resume=resume)
+    return save_student(out / "student.pt", student.eval(), teacher=teacher,
+                        alpha=alpha if teacher is not None else 0.0, epochs=epochs,
+                        segments=len(segments), data=str(data),
+                        final_train_loss=history.last.get("train_loss"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Streaming and export
 
@@ -380,3 +487,309 @@ def export_enhancer_onnx(model: Any, out_path: str | os.PathLike, *,
                                         "enhanced": {0: "batch", 1: "samples"}},
                           opset_version=18, dynamo=False)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+SCORE_KEYS = ("si_sdr_db", "si_sdri_db", "pesq_wb", "stoi")
+
+
+def clip_scores(clean: Any, noisy: Any, estimate: Any) -> dict[str, float]:
+    """Scores of one enhanced clip, all (T,) float at 16 kHz (:mod:`kdcore.eval.metrics`):
+    ``si_sdr_db`` (estimate vs clean), ``si_sdri_db`` (minus the noisy input's SI-SDR),
+    ``pesq_wb`` (P.862.2; NaN where the ``pesq`` package finds no utterance in the clip) and
+    ``stoi``. Raises :class:`~kdcore.eval.metrics.MetricUnavailableError` without ``pesq`` or
+    ``pystoi``."""
+    import numpy as np
+
+    from kdcore.eval import metrics
+
+    ref, mix, est = (np.asarray(torch.as_tensor(x).double().cpu(), dtype=np.float64)
+                     for x in (clean, noisy, estimate))
+    try:
+        pesq = float(metrics.pesq_wb(ref, est))
+    except metrics.MetricUnavailableError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the pesq package's error class is private
+        if "utterance" not in str(error).lower():
+            raise
+        pesq = float("nan")
+    return {"si_sdr_db": float(metrics.si_sdr(est, ref)),
+            "si_sdri_db": float(metrics.si_sdr_improvement(est, mix, ref)),
+            "pesq_wb": pesq, "stoi": float(metrics.stoi(ref, est, SAMPLE_RATE))}
+
+
+def mean_scores(scores: list[dict[str, float]], digits: int = 4) -> dict[str, Any]:
+    """Means of :func:`clip_scores` rows: ``clips``, each of ``SCORE_KEYS`` rounded to
+    ``digits`` (default 4; ``pesq_wb`` over the clips with a PESQ value, None if none has one)
+    and ``pesq_failed_clips`` (clips without one)."""
+    import numpy as np
+
+    if not scores:
+        raise ValueError("scores is empty: no clip to average")
+    out: dict[str, Any] = {"clips": len(scores)}
+    for key in SCORE_KEYS:
+        values = np.asarray([row[key] for row in scores], dtype=np.float64)
+        finite = values[np.isfinite(values)] if key == "pesq_wb" else values
+        out[key] = round(float(finite.mean()), digits) if finite.size else None
+    out["pesq_failed_clips"] = int(sum(not np.isfinite(row["pesq_wb"]) for row in scores))
+    return out
+
+
+class PairedClip:
+    """One row of a paired enhancement manifest: ``noisy`` and ``clean`` paths, ``snr_db``
+    (the manifest's value, else None), ``row`` (1-based data row, for messages)."""
+
+    __slots__ = ("clean", "noisy", "row", "snr_db")
+
+    def __init__(self, noisy: Path, clean: Path, snr_db: float | None, row: int) -> None:
+        self.noisy, self.clean, self.snr_db, self.row = noisy, clean, snr_db, row
+
+
+def read_paired_manifest(data: str | os.PathLike, *, split: str | None = None
+                         ) -> list[PairedClip]:
+    """The (noisy, clean) pairs of ``data``:
+
+    - a CSV manifest with ``noisy`` and ``clean`` columns (paths relative to the manifest's
+      folder, or absolute) and optional ``snr_db`` (float) and ``split`` columns;
+    - a folder holding such a ``manifest.csv``;
+    - a folder with ``noisy/`` and ``clean/`` subfolders holding the same relative WAV/FLAC
+      paths.
+
+    ``split`` (default None: every row) keeps the rows whose ``split`` is this value, when the
+    manifest has a ``split`` column. Errors name the file, the column and the row: a missing
+    column, an empty cell, a missing audio file, a non-numeric ``snr_db``, no rows."""
+    path = Path(data)
+    if path.is_dir() and not (path / "manifest.csv").is_file():
+        return _paired_folders(path)
+    if path.is_dir():
+        path = path / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"--data {str(data)!r} is neither a paired manifest CSV nor a "
+                                "folder (with manifest.csv, or noisy/ and clean/ subfolders)")
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    for column in ("noisy", "clean"):
+        if column not in columns:
+            raise ValueError(f"manifest {str(path)!r} has no {column!r} column (a paired "
+                             f"enhancement manifest needs 'noisy' and 'clean' columns; it has "
+                             f"{columns})")
+    if split is not None and "split" in columns:
+        rows_kept = [(i, r) for i, r in enumerate(rows, 1) if r["split"] == split]
+        if not rows_kept:
+            raise ValueError(f"manifest {str(path)!r} has no row with split {split!r}")
+    else:
+        rows_kept = list(enumerate(rows, 1))
+    if not rows_kept:
+        raise ValueError(f"manifest {str(path)!r} has no rows")
+    pairs = []
+    for number, row in rows_kept:
+        files = {}
+        for column in ("noisy", "clean"):
+            if not row[column]:
+                raise ValueError(f"manifest {str(path)!r} row {number}: empty {column!r} cell")
+            file = Path(row[column])
+            file = file if file.is_absolute() else path.parent / file
+            if not file.is_file():
+                raise FileNotFoundError(f"manifest {str(path)!r} row {number}: {column} file "
+                                        f"{str(file)!r} does not exist")
+            files[column] = file
+        snr = None
+        if row.get("snr_db"):
+            try:
+                snr = float(row["snr_db"])
+            except ValueError:
+                raise ValueError(f"manifest {str(path)!r} row {number}: snr_db "
+                                 f"{row['snr_db']!r} is not a number") from None
+        pairs.append(PairedClip(files["noisy"], files["clean"], snr, number))
+    return pairs
+
+
+def _paired_folders(folder: Path) -> list[PairedClip]:
+    for sub in ("noisy", "clean"):
+        if not (folder / sub).is_dir():
+            raise ValueError(f"--data folder {str(folder)!r} has neither manifest.csv nor a "
+                             f"{sub!r} subfolder (paired enhancement data: a manifest with "
+                             "'noisy' and 'clean' columns, or noisy/ and clean/ folders)")
+    noisy = sorted(p for p in (folder / "noisy").rglob("*")
+                   if p.suffix.lower() in WAV_EXTENSIONS)
+    if not noisy:
+        raise ValueError(f"{str(folder / 'noisy')!r} holds no {'/'.join(WAV_EXTENSIONS)} files")
+    pairs = []
+    for number, file in enumerate(noisy, 1):
+        clean = folder / "clean" / file.relative_to(folder / "noisy")
+        if not clean.is_file():
+            raise FileNotFoundError(f"clean file {str(clean)!r} for {str(file)!r} does not "
+                                    "exist")
+        pairs.append(PairedClip(file, clean, None, number))
+    return pairs
+
+
+def _read_16k(path: Path) -> torch.Tensor:
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"{str(path)!r} is not readable audio: {error}") from error
+    if data.shape[0] == 0:
+        raise ValueError(f"{str(path)!r} has no samples")
+    wave = torch.from_numpy(data.mean(1))
+    return wave if rate == SAMPLE_RATE else Resample(int(rate), SAMPLE_RATE)(wave)
+
+
+def _snr_key(value: float) -> str:
+    return f"{round(value):d}dB"
+
+
+def evaluate_enhancement(models: dict[str, Any] | Any, data: str | os.PathLike, *,
+                         teacher: str | None = "nsnet2", split: str | None = None,
+                         out: str | os.PathLike | None = None,
+                         title: str | None = None) -> dict[str, Any]:
+    """Score enhancement models on paired data (:func:`read_paired_manifest`).
+
+    Every clip is read as mono, resampled to 16 kHz with :class:`kdcore.Resample` (noisy and
+    clean must then have the same length), enhanced by each model (:func:`load_enhancer`:
+    a student file, a module, a teacher name) and scored with :func:`clip_scores` (SI-SDR,
+    SI-SDR improvement, wide-band PESQ, STOI). The noisy input is scored as the system
+    ``noisy``; ``teacher`` (default ``"nsnet2"``; None for none) is added as a system unless a
+    model already is it. Clips are grouped by SNR: the manifest's ``snr_db`` column rounded to
+    whole dB, else the measured ``10 log10(|clean|^2 / |noisy - clean|^2)`` rounded to whole
+    dB; ``all`` holds every clip.
+
+    Args:
+        models: one model or ``{name: model}``; a single model is named after itself.
+        data: a paired manifest CSV or folder.
+        teacher: a registered teacher to compare with (default "nsnet2").
+        split: manifest ``split`` value to keep (default None: all rows).
+        out: folder to write ``report.json`` and ``report.md`` (default None: no files).
+        title: heading of ``report.md`` (default: the data path).
+
+    Returns ``{"data", "split", "clips", "sample_rate", "systems", "results": {group: {"clips":
+    n, system: mean_scores(...)}}}`` with groups ``all`` then each SNR, lowest first."""
+    if not isinstance(models, dict):
+        models = {str(models) if isinstance(models, (str, os.PathLike))
+                  else type(models).__name__: models}
+    if not models:
+        raise ValueError("models is empty: give at least one model to evaluate")
+    if "noisy" in models:
+        raise ValueError("models: the name 'noisy' is the unprocessed input's; rename the model")
+    pairs = read_paired_manifest(data, split=split)  # a bad manifest fails before models load
+    systems: dict[str, Any] = {"noisy": None}
+    for name, model in models.items():
+        systems[str(name)] = load_enhancer(model)
+    if teacher is not None and teacher not in systems:
+        systems[teacher] = load_enhancer(teacher)
+    scores: dict[str, dict[str, list]] = {}
+    for pair in pairs:
+        noisy, clean = _read_16k(pair.noisy), _read_16k(pair.clean)
+        if noisy.shape != clean.shape:
+            raise ValueError(f"row {pair.row}: noisy {str(pair.noisy)!r} has {noisy.shape[0]} "
+                             f"samples at 16 kHz and clean {str(pair.clean)!r} "
+                             f"{clean.shape[0]}: a pair must have the same length")
+        if pair.snr_db is not None:
+            group = _snr_key(pair.snr_db)
+        else:
+            noise = float((noisy.double() - clean.double()).square().sum())
+            speech = float(clean.double().square().sum())
+            group = _snr_key(10.0 * torch.log10(torch.tensor(speech / noise)).item()) \
+                if noise > 0 and speech > 0 else "clean" if noise == 0 else "silent"
+        for name, enhancer in systems.items():
+            estimate = noisy if enhancer is None else enhancer(noisy[None])[0]
+            row = clip_scores(clean, noisy, estimate)
+            for key in ("all", group):
+                scores.setdefault(key, {}).setdefault(name, []).append(row)
+
+    def order(key: str) -> tuple:
+        return (0, 0.0) if key == "all" else (1, float(key[:-2])) if key.endswith("dB") \
+            else (2, 0.0)
+
+    results = {key: {"clips": len(scores[key]["noisy"]),
+                     **{name: mean_scores(rows) for name, rows in scores[key].items()}}
+               for key in sorted(scores, key=order)}
+    report = {"data": str(data), "split": split, "clips": len(pairs),
+              "sample_rate": SAMPLE_RATE, "systems": list(systems),
+              "metrics": "means over clips: si_sdr_db, si_sdri_db (improvement over the noisy "
+                         "input), pesq_wb (P.862.2, over clips where PESQ finds speech; "
+                         "pesq_failed_clips counts the others), stoi",
+              "results": results}
+    if out is not None:
+        write_enhancement_report(report, out, title=title)
+    return report
+
+
+def write_enhancement_report(report: dict[str, Any], out: str | os.PathLike, *,
+                             title: str | None = None) -> Path:
+    """Write ``report`` (from :func:`evaluate_enhancement`) to ``out/report.json`` and a table
+    per SNR group to ``out/report.md``. Returns ``out``."""
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    lines = [f"# Enhancement: {title or report['data']}", "",
+             f"{report['clips']} clips at {report['sample_rate']} Hz; {report['metrics']}.", "",
+             "| SNR | system | clips | SI-SDR (dB) | SI-SDRi (dB) | PESQ (wb) | STOI |",
+             "|---|---|---|---|---|---|---|"]
+
+    def cell(value: Any) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    for group, row in report["results"].items():
+        for name in report["systems"]:
+            r = row[name]
+            lines.append(f"| {group} | `{name}` | {r['clips']} | {cell(r['si_sdr_db'])} | "
+                         f"{cell(r['si_sdri_db'])} | {cell(r['pesq_wb'])} | "
+                         f"{cell(r['stoi'])} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def is_paired_data(data: str | os.PathLike | None, *, folders: bool = True) -> bool:
+    """Whether ``data`` looks like paired enhancement data: a CSV (or a folder's
+    ``manifest.csv``) whose header has a ``noisy`` column, or a ``clean`` column and no
+    ``path`` column (the other one is checked by :func:`read_paired_manifest`); with
+    ``folders`` (default True) also a folder with ``noisy/`` and ``clean/`` subfolders (which a
+    class-per-folder data set of those two classes looks like too)."""
+    if data is None:
+        return False
+    path = Path(data)
+    if folders and path.is_dir() and (path / "noisy").is_dir() and (path / "clean").is_dir():
+        return True
+    csv_path = path / "manifest.csv" if path.is_dir() else path
+    if not (csv_path.is_file() and csv_path.suffix.lower() == ".csv"):
+        return False
+    with open(csv_path, newline="") as handle:
+        header = {c.strip() for c in next(csv.reader(handle), [])}
+    return "noisy" in header or ("clean" in header and "path" not in header)
+
+
+def is_mask_model(model: Any) -> bool:
+    """Whether ``model`` names a mask student file (:func:`save_student`, or a Trainer or
+    Distiller checkpoint of a :class:`~kdcore.teachers.nsnet2.MaskStudent`) or the registered
+    gain-mask teacher ``nsnet2``."""
+    if not isinstance(model, (str, os.PathLike)):
+        return False
+    path = Path(model)
+    if path.is_file():
+        try:
+            _student_from_file(path)
+        except ValueError:
+            return False
+        return True
+    from kdcore import teachers
+
+    try:
+        spec = teachers.spec(str(model))
+    except ValueError:  # not a registered teacher name
+        return False
+    return spec.module == "nsnet2"
+
+
+def is_enhancement_eval(model: Any, data: str | os.PathLike | None) -> bool:
+    """Whether ``kdcore eval --model M --data D`` is an enhancement evaluation: ``model`` is a
+    mask model (:func:`is_mask_model`), or ``data`` is a paired manifest
+    (:func:`is_paired_data` without the folder form, which a class-per-folder data set can
+    look like)."""
+    return is_mask_model(model) or is_paired_data(data, folders=False)

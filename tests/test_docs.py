@@ -337,6 +337,23 @@ def test_teachers_pitch_enhancement_ctc_render_when_present(tmp_path):
     assert "not the one this page was written for" not in page
 
 
+def test_enhancement_renders_seed_spread_of_the_students():
+    """Students run over several seeds show ``mean ± std``; the seed-independent rows (and a
+    single seed) show the value alone; an unfinished run says so."""
+    student = {"si_sdri_db": 5.0, "pesq_wb": 1.6, "stoi": 0.8,
+               "std": {"si_sdri_db": 0.25, "pesq_wb": 0.01, "stoi": 0.0},
+               "per_seed": {"si_sdri_db": [4.75, 5.25], "pesq_wb": [1.59, 1.61],
+                            "stoi": [0.8, 0.8]}}
+    entry = {"seeds": [0, 1, 2], "seeds_finished": [0, 1], "complete": False,
+             "results": {"0dB": {"clips": 4, "nsnet2": {"si_sdri_db": 9.0, "pesq_wb": 1.8,
+                                                        "stoi": 0.85},
+                                 "student_kd": student}}}
+    page = "\n".join(make_docs.render_enhancement(entry))
+    assert "| 0dB | `student_kd` | 5 ± 0.25 | 1.6 ± 0.01 | 0.8 ± 0 |" in page
+    assert "| 0dB | `nsnet2` | 9 | 1.8 | 0.85 |" in page
+    assert "- seeds: 0, 1 of 0, 1, 2 (incomplete)" in page
+
+
 def _write(tmp_path: Path, data: dict) -> Path:
     (tmp_path / "teachers-cpu.json").write_text(json.dumps(data))
     return tmp_path
