@@ -1143,6 +1143,10 @@ def _refuse_training_run(out: Path) -> None:
 
 def command_eval(args: argparse.Namespace) -> int:
     _require(args, "data", "model")
+    from kdcore import speaker
+
+    if speaker.is_speaker_model(args.model):  # a kdcore.speaker student: EER and mean cosine
+        return _speaker_eval(args)
     from kdcore.checkpoints import load_model_checkpoint
 
     device = _device(args)
@@ -1173,6 +1177,21 @@ def command_eval(args: argparse.Namespace) -> int:
                                   not args.no_progress)
     write_report(labels, predictions, data.class_names, out,
                  f"{checkpoint.model_name}: {args.split} split")
+    return 0
+
+
+def _speaker_eval(args: argparse.Namespace) -> int:
+    from kdcore import speaker
+
+    try:
+        report = speaker.eval_command(args.model, args.data, split=args.split, out=args.out,
+                                      batch_size=args.batch_size)
+    except (ValueError, FileNotFoundError) as error:
+        raise CLIError(str(error)) from error
+    for name, row in (("student", report["student"]), ("teacher", report["teacher_scores"])):
+        cosine = row.get("mean_cosine")
+        print(f"{name}: EER {row['eer']:.4f} over {row['trials']} trials"
+              + ("" if cosine is None else f", mean cosine to the teacher {cosine:.4f}"))
     return 0
 
 

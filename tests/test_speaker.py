@@ -150,3 +150,41 @@ def test_fsdd_clips_and_teacher_on_held_out_speakers():
     assert 0.0 <= report["eer"] <= 1.0 and report["trials"] == 45
     with pytest.raises(ValueError, match="speaker"):
         sp.read_speaker_manifest(manifest, speakers=["nobody"])
+
+
+def test_cli_eval_reports_eer_and_mean_cosine_for_a_speaker_student(tmp_path, capsys):
+    manifest = os.path.join(FSDD, "manifest.csv")
+    if not os.path.isfile(manifest):
+        pytest.skip(f"FSDD not found at {FSDD}")
+    require("resemblyzer")
+    import csv
+    import json
+
+    from kdcore import cli
+
+    with open(manifest, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["split"] == "test"]
+    chosen = [r for name in ("george", "lucas") for r in rows if r["speaker"] == name][:3]
+    chosen += [r for r in rows if r["speaker"] == "lucas"][:3]
+    small = tmp_path / "speakers.csv"
+    with open(small, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "speaker", "split"])
+        writer.writeheader()
+        for row in chosen:
+            writer.writerow({"path": os.path.abspath(os.path.join(FSDD, row["path"])),
+                             "speaker": row["speaker"], "split": "test"})
+    torch.manual_seed(0)
+    model = sp.save_speaker_student(tmp_path / "student.pt", sp.SpeakerStudentTDNN().eval(),
+                                    teacher="resemblyzer")
+    assert cli.main(["eval", "--model", str(model), "--data", str(small),
+                     "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "student: EER" in printed and "mean cosine" in printed
+    report = json.loads((tmp_path / "eval" / "speaker_report.json").read_text())
+    assert report["speakers"] == ["george", "lucas"] and report["student"]["trials"] == 15
+    clips = sp.load_clips([os.path.join(FSDD, r["path"]) for r in chosen])
+    teacher = sp.embed(sp.ResemblyzerTeacher(), clips)
+    student = sp.embed(sp.load_speaker_model(model)[0], clips)
+    cos = np.sum(teacher * student, 1) / (np.linalg.norm(teacher, axis=1)
+                                          * np.linalg.norm(student, axis=1))
+    assert report["student"]["mean_cosine"] == pytest.approx(float(cos.mean()), abs=1e-6)
