@@ -351,7 +351,9 @@ def distill_speaker(teacher: Any, clips: Sequence[Any] | SpeakerClips,
         student: default a fresh :class:`SpeakerStudentTDNN`; any module mapping waveforms
             (B, 16000) to (B, 256) embeddings.
         copies: augmented copies per clip (:class:`SpeakerClips`), default 2.
-        epochs, batch_size, lr, seed: defaults 10, 64, 3e-3 (one-cycle schedule), 0.
+        epochs, batch_size, lr: defaults 10, 64, 3e-3 (one-cycle schedule).
+        seed: the training seed and, when ``clips`` is not a :class:`SpeakerClips`, the
+            augmentation seed; default 0.
         cache_dir: teacher cache folder (default ``out_dir/teacher_cache``); the same clips,
             copies and seed reuse it across runs.
         teacher_embeddings: optional (items, 256) teacher embeddings of the training items in
@@ -368,13 +370,14 @@ def distill_speaker(teacher: Any, clips: Sequence[Any] | SpeakerClips,
     student = SpeakerStudentTDNN() if student is None else student
     dataset = (clips if isinstance(clips, SpeakerClips) else
                SpeakerClips(load_clips(clips, clip_samples=None), copies=copies, seed=seed))
-    cache_dir = Path(out_dir) / "teacher_cache" if cache_dir is None else Path(cache_dir)
     if teacher_embeddings is not None:
-        _prefill_cache(cache_dir, dataset, teacher_embeddings, teacher.fingerprint)
+        _prefill_cache(Path(out_dir) / "teacher_cache" if cache_dir is None else Path(cache_dir),
+                       dataset, teacher_embeddings, teacher.fingerprint)
     options = {"progress": False, "schedule": "onecycle", "checkpoint_every": 0,
                "log_every": 10**9, **distiller_kwargs}
     distiller = Distiller(teacher, student, task="regression", distance="cosine", alpha=1.0,
-                          teacher_mode="cached", lr=lr, seed=seed, cache_dir=cache_dir,
+                          teacher_mode="cached", lr=lr, seed=seed,
+                          cache_dir=None if cache_dir is None else Path(cache_dir),
                           teacher_fingerprint=teacher.fingerprint, **options)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
     history = distiller.fit(loader, epochs=epochs, out_dir=out_dir, resume=False)
