@@ -483,13 +483,14 @@ def save_speaker_student(path: str | os.PathLike, student: SpeakerStudentTDNN,
 
 
 def is_speaker_model(model: str | os.PathLike) -> bool:
-    """True for a file written by :func:`save_speaker_student` (a cheap check for the CLI)."""
+    """True for a file written by :func:`save_speaker_student` (read with ``weights_only=True``:
+    a pickle payload is never run)."""
     path = Path(model)
     if not path.is_file():
         return False
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - not a torch file: not ours
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a plain torch file (or a pickle payload): not ours
         return False
     return isinstance(data, dict) and data.get("kind") == STUDENT_FILE_KIND
 
@@ -503,7 +504,7 @@ def load_speaker_model(model: str | os.PathLike | nn.Module) -> tuple[nn.Module,
     path = Path(model)
     if path.is_file():
         try:
-            data = torch.load(path, map_location="cpu", weights_only=False)
+            data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001
             raise ValueError(f"model file {str(path)!r} is not a readable torch checkpoint: "
                              f"{error}") from error

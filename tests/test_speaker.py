@@ -188,3 +188,20 @@ def test_cli_eval_reports_eer_and_mean_cosine_for_a_speaker_student(tmp_path, ca
     cos = np.sum(teacher * student, 1) / (np.linalg.norm(teacher, axis=1)
                                           * np.linalg.norm(student, axis=1))
     assert report["student"]["mean_cosine"] == pytest.approx(float(cos.mean()), abs=1e-6)
+
+
+class _Payload:
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_payload_in_a_speaker_file_never_runs(tmp_path):
+    marker, evil = tmp_path / "marker", tmp_path / "evil.pt"
+    torch.save({"kind": sp.STUDENT_FILE_KIND, "x": _Payload(marker)}, evil)
+    assert not sp.is_speaker_model(evil)
+    with pytest.raises(ValueError, match="evil.pt"):
+        sp.load_speaker_model(evil)
+    assert not marker.exists()
