@@ -742,6 +742,50 @@ def render_tagging(entry: dict) -> list[str]:
     return lines
 
 
+def render_speaker(entry: dict) -> list[str]:
+    cost, summary = entry["cost"], entry["summary"]
+    teacher, student = cost["teacher"], cost["student"]
+    eer, cosine = summary["student_eer_mean_over_folds"], summary[
+        "student_mean_cosine_mean_over_folds"]
+    seeds = entry.get("training", {}).get("seeds")
+
+    def rate(value: float) -> str:
+        return pct(100 * value)
+
+    rows = [["`resemblyzer` (teacher)", rate(summary["teacher_eer_mean_over_folds"]), "1",
+             count(teacher.get("parameters")), fmt(teacher["macs_per_clip"] / 1e6, 4)],
+            ["student (KD)", f"{rate(eer['mean'])} ± {100 * eer['std']:.1f}" if seeds and seeds > 1
+             else rate(eer["mean"]), fmt(cosine["mean"], 3), count(student.get("parameters")),
+             fmt(student["macs_per_clip"] / 1e6, 4)]]
+    folds = []
+    for fold in entry["folds"]:
+        runs = [r for r in entry["runs"] if r["held_out"] == fold["held_out"]]
+        folds.append([", ".join(fold["held_out"]), count(fold.get("test_clips")),
+                      rate(fold["teacher"]["eer"]),
+                      " / ".join(rate(r["student"]["eer"]) for r in runs),
+                      " / ".join(fmt(r["student"]["mean_cosine"], 3) for r in runs)])
+    data, training = entry.get("data", {}), entry.get("training", {})
+    load = entry.get("load_average_1_5_15min")
+    lines = [cell(str(entry.get("benchmark", ""))), "", machine_line(entry), ""]
+    lines += table(["model", "EER (mean of folds)", "mean cosine to teacher", "parameters",
+                    "MMACs per clip"], rows) + [""]
+    lines += table(["held-out speakers", "clips", "teacher EER", "student EER (per seed)",
+                    "student cosine (per seed)"], folds) + [""]
+    lines += [f"- data: {fmt(data.get('clips_per_speaker'))} clips per speaker, "
+              f"{fmt(data.get('copies'))} augmented copies each; "
+              f"{cell(str(data.get('augmentation', '–')))}; trials: "
+              f"{cell(str(data.get('trials', '–')))}",
+              f"- training: {fmt(training.get('epochs'))} epochs, batch "
+              f"{fmt(training.get('batch_size'))}, lr {fmt(training.get('lr'))}, "
+              f"{fmt(seeds)} seed(s) per fold; loss {cell(str(training.get('loss', '–')))}",
+              f"- cost: student/teacher parameters {fmt(cost.get('student_fraction'), 3)}; "
+              f"{cell(str(cost.get('note', '')))}; teacher {cell(teacher.get('input', ''))}, "
+              f"student {cell(student.get('input', ''))}",
+              f"- wall time {fmt(entry.get('wall_s'), 3)} s"
+              + (f" at load average {', '.join(f'{v:.1f}' for v in load)}" if load else "")]
+    return lines
+
+
 def _percent(stats: dict) -> dict:
     """mean/std/values of a fraction, in percent (for :func:`mean_std`)."""
     values = stats.get("per_seed", stats.get("values", []))
@@ -757,6 +801,7 @@ TEACHER_SECTIONS: tuple[tuple[str, str, Callable[[dict], list[str]]], ...] = (
     ("vad", "Voice activity: Silero VAD distilled, per noise kind", render_vad),
     ("tagging", "Audio tagging (multi-label): teacher, student alone, student by KD",
      render_tagging),
+    ("speaker", "Speaker embedding: Resemblyzer distilled (verification EER)", render_speaker),
 )
 
 

@@ -1712,6 +1712,10 @@ def command_eval(args: argparse.Namespace) -> int:
         return command_eval_vad(args)
     if wants_pitch_eval(args):
         return eval_pitch_run(args)
+    from kdcore import speaker
+
+    if speaker.is_speaker_model(args.model):  # a kdcore.speaker student: EER and mean cosine
+        return _speaker_eval(args)
     from kdcore.checkpoints import load_model_checkpoint
     from kdcore.enhance import is_enhancement_eval
 
@@ -1784,6 +1788,21 @@ def command_eval_enhancement(args: argparse.Namespace) -> int:
     write_run_record(out, "eval", args, _device(args))
     print((out / "report.md").read_text(), flush=True)
     print(f"wrote {out / 'report.json'} and {out / 'report.md'} ({report['clips']} clips)")
+    return 0
+
+
+def _speaker_eval(args: argparse.Namespace) -> int:
+    from kdcore import speaker
+
+    try:
+        report = speaker.eval_command(args.model, args.data, split=args.split, out=args.out,
+                                      batch_size=args.batch_size)
+    except (ValueError, FileNotFoundError) as error:
+        raise CLIError(str(error)) from error
+    for name, row in (("student", report["student"]), ("teacher", report["teacher_scores"])):
+        cosine = row.get("mean_cosine")
+        print(f"{name}: EER {row['eer']:.4f} over {row['trials']} trials"
+              + ("" if cosine is None else f", mean cosine to the teacher {cosine:.4f}"))
     return 0
 
 
