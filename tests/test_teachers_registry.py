@@ -151,6 +151,27 @@ def test_suggested_student_runs_on_its_frontend_at_the_teacher_hop(name):
     assert sum(p.numel() for p in student.parameters()) <= bundle.num_parameters // 4
 
 
+@pytest.mark.parametrize("name", ["crepe-tiny", "silero-vad", "nsnet2", "resemblyzer"])
+def test_student_frontend_builds_what_its_config_names(name):
+    if not teachers.is_installed(name):
+        pytest.skip(f"{teachers.spec(name).package} is not installed")
+    bundle = teachers.load(name)
+    config = bundle.student.config["frontend"]
+    first, second = bundle.student.frontend(), bundle.student.frontend()
+    assert first is not second  # a fresh module per call
+    waveform = torch.randn(2, 16000)
+    features = first(waveform)
+    if "kind" in config:  # the student reads the teacher's own features
+        assert type(first) is type(bundle.frontend)
+        torch.testing.assert_close(features, bundle.frontend(waveform), rtol=0, atol=0)
+    else:  # log-mel: the configured frame count and mel bins
+        hop = config["hop_length"]
+        assert features.shape[-2:] == (config["n_mels"], 1 + 16000 // hop)
+    student = bundle.student.build()
+    with torch.no_grad():
+        student(features)  # the built student accepts them
+
+
 @needs_transformers
 def test_hf_frontend_for_names_unsupported_directories(tmp_path):
     from kdcore.teachers.hf import ASTFrontend, frontend_for

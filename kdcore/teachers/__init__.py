@@ -138,10 +138,22 @@ class StudentSpec:
 
     ``build()`` returns a fresh ``nn.Module``; ``config`` is a JSON-able dict
     (``{"model": name, "kwargs": {...}, "frontend": {...}}``) that rebuilds it and names the
-    student's own frontend (log-mel settings at ``sample_rate``)."""
+    student's own frontend (log-mel settings at ``sample_rate``). ``frontend()`` builds that
+    frontend: ``make_frontend()`` when given [default None], else
+    ``kdcore.LogMel(**config["frontend"])``."""
 
     config: dict[str, Any]
     build: Callable[[], nn.Module]
+    make_frontend: Callable[[], nn.Module] | None = None
+
+    def frontend(self) -> nn.Module:
+        """A fresh frontend for the student: waveform (B, T) at the teacher's rate -> the
+        student's input."""
+        if self.make_frontend is not None:
+            return self.make_frontend()
+        from kdcore.frontend import LogMel
+
+        return LogMel(**self.config["frontend"])
 
 
 @dataclass

@@ -219,7 +219,8 @@ def student_spec() -> Any:
                 "log": "log10", "floor": POWER_FLOOR}
     return StudentSpec(config={"model": MaskStudent.model_name, "num_outputs": BINS,
                                "kwargs": kwargs, "frontend": frontend},
-                       build=lambda: MaskStudent(**kwargs))
+                       build=lambda: MaskStudent(**kwargs),
+                       make_frontend=NSNet2Features)
 
 
 def bundle(spec: Any) -> Any:

@@ -217,7 +217,8 @@ def student_spec() -> Any:
                 "partial_frames": PARTIAL_FRAMES, "rate": RATE, "min_coverage": MIN_COVERAGE}
     return StudentSpec(config={"model": SpeakerStudent.model_name, "num_outputs": EMBEDDING,
                                "kwargs": kwargs, "frontend": frontend},
-                       build=lambda: SpeakerStudent(**kwargs))
+                       build=lambda: SpeakerStudent(**kwargs),
+                       make_frontend=ResemblyzerMels)
 
 
 def bundle(spec: Any) -> Any:
