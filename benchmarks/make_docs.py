@@ -1078,6 +1078,49 @@ def teacher_rows(data: object) -> list[list[str]]:
     except (KeyError, TypeError, AttributeError, ValueError, IndexError):
         pass
     try:
+        entry = data["vad"]
+        noisy = [row for kind, by_snr in entry["results"].items() if kind != "clean"
+                 for row in by_snr.values()]
+        worst = min(noisy, key=lambda row: row["student"]["f1"])["student"]
+        clean = entry["results"]["clean"]["clean"]["student"]
+        costs = entry["costs"]
+        rows.append(["voice activity: Silero VAD → student, 5 noise kinds at 0/5/10 dB SNR, "
+                     "held-out FSDD speakers, CPU",
+                     f"student ({count(costs['student']['parameters'])}) F1 against the "
+                     f"teacher {clean['f1']:.3f} clean, {worst['f1']:.3f} in the worst noise",
+                     f"teacher ({count(costs['teacher']['parameters'])})",
+                     source.format("vad")])
+    except (KeyError, TypeError, AttributeError, ValueError):
+        pass
+    try:
+        entry = data["speaker"]
+        summary, cost = entry["summary"], entry["cost"]
+        rows.append(["speaker embedding: Resemblyzer → student, verification EER on held-out "
+                     "FSDD speakers (3 folds), CPU",
+                     f"student ({count(cost['student']['parameters'])}) EER "
+                     f"{pct(100 * summary['student_eer_mean_over_folds']['mean'])}, cosine to "
+                     f"the teacher {summary['student_mean_cosine_mean_over_folds']['mean']:.3f}",
+                     f"teacher ({count(cost['teacher']['parameters'])}) EER "
+                     f"{pct(100 * summary['teacher_eer_mean_over_folds'])}",
+                     source.format("speaker")])
+    except (KeyError, TypeError, AttributeError, ValueError):
+        pass
+    try:
+        entry = data["tagging"]
+        results = entry["results"]
+
+        def tag_map(name: str) -> str:
+            return (f"{name.replace('_', ' ')} ({count(results[name]['parameters'])}) mAP "
+                    f"{_mean_std3(results[name]['mAP'])}")
+
+        rows.append(["audio tagging (7 tags), trained teacher CNN → student, held-out FSDD "
+                     f"speakers ({len(entry['seeds_finished'])} seeds), CPU",
+                     tag_map("student_kd").replace("student kd", "student + KD"),
+                     f"{tag_map('student_alone')}, {tag_map('teacher')}",
+                     source.format("tagging")])
+    except (KeyError, TypeError, AttributeError, ValueError):
+        pass
+    try:
         results = data["ctc"]["results"]
         rows.append(["connected-digit ASR (CTC), held-out FSDD speakers, WER "
                      f"({len(data['ctc']['seeds_finished'])} seeds), CPU",
