@@ -247,7 +247,8 @@ class ViewConfig(_Config):
       noise; labels mix alike (:class:`kdcore.engine.views.ViewSet`). ``"classic"``: KD and
       labels on the student's own randomly augmented clip (no views).
     - ``views`` [8]: K, the views stored per clip; the teacher cache holds K x N outputs and
-      its fill costs K teacher passes over the training set.
+      its fill costs K teacher passes over the training set (``kdcore distill`` takes
+      ``min(views, epochs)``: each epoch trains on the next view of every clip).
     - ``gain_db`` [(-6.0, 6.0)]: uniform gain in dB.
     - ``max_shift_s`` [0.05]: integer time shift of up to s seconds either way, zero-filled.
     - ``noise_snr_db`` [(20.0, 40.0)]: white noise at a uniform SNR in dB against the mixed
