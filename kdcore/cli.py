@@ -1148,7 +1148,8 @@ def command_distill(args: argparse.Namespace) -> int:
     if matching and cached:  # the view cache: K teacher passes, resumable
         before = functools.partial(fill_views, teacher.model, data.train,
                                    cache_dir or plan.out / "teacher_cache", args,
-                                   teacher_frontend, explicit=cache_dir is not None)
+                                   teacher_frontend, explicit=cache_dir is not None,
+                                   pairs=pairs)
     run_training(plan, distiller, data, args, before)
     _finish_training(distiller, student, data, args, plan.out, "student",
                      {"command": "distill", "teacher": ", ".join(paths),
@@ -1189,7 +1190,8 @@ def view_student_frontend(args: argparse.Namespace) -> nn.Module:
 
 
 def fill_views(teacher: nn.Module, views, directory: Path, args: argparse.Namespace,
-               frontend: nn.Module, *, explicit: bool) -> None:
+               frontend: nn.Module, *, explicit: bool,
+               pairs: list[tuple[str, str]] | None = None) -> None:
     """Fill (or finish) the view cache in ``directory``: ``--views`` teacher passes."""
     from kdcore.engine.views import fill_view_cache
 
@@ -1197,7 +1199,8 @@ def fill_views(teacher: nn.Module, views, directory: Path, args: argparse.Namesp
     fill_view_cache(teacher, views, directory, teacher_frontend=frontend, task=args.task,
                     device=_device(args), batch_size=args.batch_size,
                     storage=args.cache_storage, explicit=explicit,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress,
+                    feature_modules=[teacher_path for _, teacher_path in pairs or ()])
     print(f"teacher outputs on {views.num_views} views of {len(views)} clips in {directory} "
           f"({time.perf_counter() - started:.1f} s)", flush=True)
 

@@ -32,7 +32,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +213,7 @@ def fill_view_cache(teacher: nn.Module | Callable, views: ViewSet, directory: st
                     teacher_fingerprint: str | None = None,
                     device: str | torch.device = "cpu", batch_size: int = 64,
                     storage: str = "float32", explicit: bool = True,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, feature_modules: Sequence[str] = ()) -> Path:
     """Store the teacher's outputs on the K views of every clip of ``views`` in ``directory``
     (K teacher passes over the set, a progress bar; rows already filled are skipped, so an
     interrupted fill resumes). Keyed exactly as a ``Distiller(teacher, ...,
@@ -225,26 +225,33 @@ def fill_view_cache(teacher: nn.Module | Callable, views: ViewSet, directory: st
     ``device`` ["cpu"]; ``batch_size`` [64]; ``storage`` ["float32"] or ``"float16"`` (each
     value rounded to nearest: relative error <= 2**-11); ``explicit`` [True]: a cache of
     another key raises :class:`~kdcore.engine.cache.CacheMismatchError` (False: rebuilt with a
-    warning); ``progress`` [True]. Returns the directory."""
+    warning); ``progress`` [True]; ``feature_modules`` [()]: the teacher module paths of the
+    run's ``feature_pairs`` (their outputs are stored too, as ``feature0``, ...). Returns the
+    directory."""
     from tqdm.auto import tqdm
 
     from kdcore.engine.cache import TeacherCache
+    from kdcore.engine.hooks import FeatureTap, resolve_module
     from kdcore.engine.teachers import CallableTeacher, OnlineTeacher, run_cache_key
 
     if not isinstance(views, ViewSet):
         raise TypeError(f"views must be a ViewSet, got {type(views).__name__}")
     check_int("batch_size", batch_size, 1)
     device = torch.device(device)
+    taps = list(feature_modules)
     if isinstance(teacher, nn.Module):
-        source = OnlineTeacher(teacher, [])
+        source = OnlineTeacher(teacher, [FeatureTap(resolve_module(teacher, path, "teacher"),
+                                                    path) for path in taps])
         if teacher_fingerprint is not None:
             source.fingerprint = teacher_fingerprint
     else:
+        if taps:
+            raise ValueError("feature_modules need an nn.Module teacher (forward hooks)")
         source = CallableTeacher(teacher, teacher_fingerprint or "")
     source.to(device)
     frontend = teacher_frontend.to(device).eval() if teacher_frontend is not None else None
     key = run_cache_key(teacher_fingerprint=source.fingerprint, teacher_frontend=frontend,
-                        taps=[], task=task, dataset=views)
+                        taps=taps, task=task, dataset=views)
 
     def run(items: list[int], view: int) -> dict[str, torch.Tensor]:
         waveforms = torch.stack([views.item(i, view)["waveform"] for i in items]).to(device)
