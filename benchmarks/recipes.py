@@ -171,6 +171,9 @@ def main() -> int:
     parser.add_argument("--synthetic-seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--work", default=None)
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="keep the units already in --out (same settings) and run the "
+                             "rest; the speed check is run again")
     options = parser.parse_args()
     torch.set_num_threads(THREADS)
     work = Path(options.work or tempfile.mkdtemp(prefix="kdcore_recipes_"))
@@ -196,9 +199,25 @@ def main() -> int:
         "complete": False,
     }
     out = Path(options.out)
+    earlier_s = 0.0
+    if options.resume and out.exists():
+        stored = json.loads(out.read_text())
+        if stored["settings"] != result["settings"]:
+            raise SystemExit(f"--continue: {out} was run with other settings")
+        earlier_s = stored.get("elapsed_s", 0.0)
+        result["fsdd"]["folds"] = stored["fsdd"]["folds"]
+        result["synthetic"]["seeds"] = stored["synthetic"]["seeds"]
+        if "speed_fsdd" in stored:
+            result["speed_fsdd"] = stored["speed_fsdd"]
+        result["sessions"] = [*stored.get("sessions", [{
+            "date": stored["versions"]["date"], "load_average_start":
+            stored["load_average_start"], "load_average_end": stored.get("load_average_end"),
+            "elapsed_s": earlier_s}])]
+        result["commands"]["benchmark"] = (stored["commands"]["benchmark"] + "; then "
+                                           + result["commands"]["benchmark"])
 
     def save() -> None:
-        result["elapsed_s"] = round(time.perf_counter() - started, 1)
+        result["elapsed_s"] = round(earlier_s + time.perf_counter() - started, 1)
         result["load_average_end"] = list(os.getloadavg())
         for name, key in (("fsdd", "folds"), ("synthetic", "seeds")):
             result[name]["summary"] = summarise(list(result[name][key].values()))
@@ -221,7 +240,15 @@ def main() -> int:
         planned += seeds[:1] + rest[:2]
         seeds, rest = seeds[1:], rest[2:]
     finished = 0
+    done = {("fsdd", k) for k in result["fsdd"]["folds"]} | {
+        ("synthetic", int(k)) for k in result["synthetic"]["seeds"]} | (
+        {("speed", None)} if "epoch_s" in result.get("speed_fsdd", {}) else set())
     for kind, name in planned:
+        if (kind, name) in done:
+            finished += 1
+            continue
+        if kind == "speed" and options.resume:
+            continue  # run last, when the folds it needs are there
         if not budget_left():
             print(f"budget spent: skipping {kind} {name}", flush=True)
             continue
@@ -250,7 +277,18 @@ def main() -> int:
         finished += 1
         print(f"{kind} {name}: done at {time.perf_counter() - started:.0f} s", flush=True)
         save()
+    if options.resume and budget_left() and options.speakers[0] in result["fsdd"]["folds"]:
+        first = options.speakers[0]
+        data = ["--data", str(fold_manifest(first, work)), *FSDD_FLAGS]
+        result["speed_fsdd"] = {"fold": first, **speed_check(data, work / f"fold_{first}",
+                                                             options.epochs)}
+        finished += ("speed", None) not in done
     result["complete"] = finished == len(planned)
+    if options.resume:
+        result["sessions"].append({"date": environment()["date"],
+                                   "load_average_start": result["load_average_start"],
+                                   "load_average_end": list(os.getloadavg()),
+                                   "elapsed_s": round(time.perf_counter() - started, 1)})
     save()
     print(json.dumps({k: result[k] for k in ("fsdd", "synthetic")}, indent=1)[:3000])
     return 0
