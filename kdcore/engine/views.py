@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -282,10 +281,3 @@ def fill_view_cache(teacher: nn.Module | Callable, views: ViewSet, directory: st
         cache.flush()
     return Path(directory)
 
-
-def view_error_bound(logits_abs_max: float, temperature: float) -> float:
-    """Largest change of ``log softmax(z / T)`` from float16 storage of logits bounded by
-    ``logits_abs_max``: each logit moves by at most ``|z| * 2**-11``, so every log-probability
-    moves by at most ``2 * logits_abs_max * 2**-11 / T``."""
-    return 2.0 * logits_abs_max * 2.0 ** -11 / temperature if math.isfinite(
-        logits_abs_max) else math.inf
