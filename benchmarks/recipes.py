@@ -15,7 +15,7 @@ student alone on the same views (same augmentation), one epoch of KD from the fi
 and one of KD with the teacher online, timed by the training loop (epoch ``time_s``).
 
     python benchmarks/recipes.py                       # the committed run (budgeted)
-    python benchmarks/recipes.py --budget-s 600 --epochs 4 --out /tmp/recipes.json
+    python benchmarks/recipes.py --epochs 5 --teacher-epochs 5 --out /tmp/recipes.json  # quick
 
 Runs stop starting new units once ``--budget-s`` is spent; the JSON says what finished
 (``complete``). Writes ``benchmarks/results/recipes.json``.
@@ -163,8 +163,8 @@ def summarise(units: list[dict]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=5, help="student epochs")
-    parser.add_argument("--teacher-epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=20, help="student epochs")
+    parser.add_argument("--teacher-epochs", type=int, default=15)
     parser.add_argument("--budget-s", type=float, default=1500.0,
                         help="start no new unit after this many seconds")
     parser.add_argument("--speakers", nargs="+", default=list(SPEAKERS))
