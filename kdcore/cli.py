@@ -25,6 +25,7 @@ instead); internal errors keep their traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -43,12 +44,14 @@ from kdcore import defaults
 from kdcore.engine.config import (
     OPTIMIZERS,
     PRECISIONS,
+    RECIPES,
     SCHEDULES,
     TASKS,
     TEACHER_MODES,
     LoopConfig,
     ObjectiveConfig,
     TeacherConfig,
+    ViewConfig,
 )
 from kdcore.errors import UserInputError
 from kdcore.ops.feature_loss import KINDS as FEATURE_KINDS
@@ -385,9 +388,11 @@ def _loader(dataset, batch_size: int, shuffle: bool, collate=None):
     from torch.utils.data import DataLoader
 
     from kdcore.data import collate_audio
+    from kdcore.engine.views import ViewSet
 
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                      collate_fn=collate or collate_audio)
+    if collate is None:
+        collate = None if isinstance(dataset, ViewSet) else collate_audio  # views: dict items
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate)
 
 
 def available_devices() -> list[str]:
@@ -540,19 +545,23 @@ def make_distiller(teacher: nn.Module, student: nn.Module, args: argparse.Namesp
                    feature_pairs: list[tuple[str, str]] | None = None,
                    feature_weight: float = 0.0, cache_dir: Path | None = None,
                    teacher_frontend: nn.Module | None = None,
-                   classes: list[str] | None = None):
+                   classes: list[str] | None = None,
+                   student_frontend: nn.Module | None = None):
     """The :class:`kdcore.Distiller` of a distill run (built, and so checked, before
-    anything is written to ``--out``). ``teacher_frontend`` [None: the student's]; per-frame
-    teacher and student outputs are aligned by their frame rates (log-mel hop and stride)."""
+    anything is written to ``--out``). ``teacher_frontend`` [None: the student's];
+    ``student_frontend`` [None: :func:`model_frontend` with ``augment``]; per-frame teacher
+    and student outputs are aligned by their frame rates (log-mel hop and stride)."""
     from kdcore import Distiller
     from kdcore.data.tasks import model_frame_rate
 
     objective = objective_config(args, alpha=args.alpha, temperature=args.temperature)
     teacher_config = _user_config(TeacherConfig, teacher_mode=teacher_mode,
                                   feature_pairs=tuple(feature_pairs or ()),
-                                  feature_weight=feature_weight, cache_dir=cache_dir)
+                                  feature_weight=feature_weight, cache_dir=cache_dir,
+                                  cache_storage=getattr(args, "cache_storage", "float32"))
     loop = loop_config(args)
-    frontend = model_frontend(args, augment)
+    frontend = student_frontend if student_frontend is not None else model_frontend(args,
+                                                                                    augment)
     fronts = ({"frontend": frontend} if teacher_frontend is None else
               {"teacher_frontend": teacher_frontend, "student_frontend": frontend})
     rates = {}
@@ -569,7 +578,7 @@ def make_distiller(teacher: nn.Module, student: nn.Module, args: argparse.Namesp
                      metrics=task_metrics(args.task, classes),
                      **{k: v for k, v in teacher_config.to_dict().items()
                         if k in ("teacher_mode", "feature_pairs", "feature_weight",
-                                 "cache_dir") and v is not None},
+                                 "cache_dir", "cache_storage") and v is not None},
                      **loop.to_dict())
 
 
@@ -934,10 +943,14 @@ def write_skipped(out: Path, skipped: list) -> None:
     print(f"--skip-bad: skipped {len(skipped)} bad entries, listed in {path}", flush=True)
 
 
-def run_training(plan: RunPlan, distiller, data: Data, args: argparse.Namespace) -> None:
-    """:func:`_fit`; a fresh run that fails before its first checkpoint leaves no record."""
+def run_training(plan: RunPlan, distiller, data: Data, args: argparse.Namespace,
+                 before=None) -> None:
+    """``before()`` (e.g. the view cache fill), then :func:`_fit`; a fresh run that fails
+    before its first checkpoint leaves no record."""
     created = [plan.out / name for name in ("run.json", "metrics.jsonl", "skipped.txt")]
     try:
+        if before is not None:
+            before()
         _fit(distiller, data, args, plan.out)
     except BaseException:
         if plan.state is None and not plan.checkpoint.exists():
@@ -1475,10 +1488,25 @@ def command_distill(args: argparse.Namespace) -> int:
     else:
         teacher = _load_teacher(paths, args, classes)
     check_frontend(args)
+    if (args.recipe == "function_matching" and args.task not in ("multiclass", "multilabel")
+            and "recipe" not in given_flags(args)):
+        args.recipe = "classic"  # the default recipe of the per-frame and sequence tasks
+    matching = args.recipe == "function_matching"
+    if args.teacher_mode is None:  # function matching caches a checkpoint teacher's views
+        args.teacher_mode = ("cached" if matching and not registered
+                             else _config_default(TeacherConfig, "teacher_mode"))
     cached = args.teacher_mode == "cached"
-    data = load_data(args, deterministic_train=cached, classes=classes or list(
+    data = load_data(args, deterministic_train=cached or matching, classes=classes or list(
         getattr(teacher, "class_names", [])) or None,
         per_frame=callable(getattr(teacher.model, "output_frames", None)))
+    student_frontend = None
+    if matching:
+        data.train = view_set(data.train, args)
+        student_frontend = view_student_frontend(args)
+        if teacher_frontend is None:
+            teacher_frontend = model_frontend(args, augment=False)
+        data.summary += (f"; function matching on {args.views} mixup views per clip "
+                         f"(teacher {args.teacher_mode})")
     print(data.summary, flush=True)
     pairs = parse_feature_pairs(args.feature_pair)
     weight = args.feature_weight if args.feature_weight is not None else (1.0 if pairs else 0.0)
@@ -1493,16 +1521,24 @@ def command_distill(args: argparse.Namespace) -> int:
                                augment=not (args.no_augment or cached),
                                teacher_mode=args.teacher_mode, feature_pairs=pairs,
                                feature_weight=weight, cache_dir=cache_dir,
-                               teacher_frontend=teacher_frontend)
+                               teacher_frontend=teacher_frontend,
+                               student_frontend=student_frontend)
     check_resume(plan, args, student, distiller)
     start_run(plan, "distill", args, data)
     teacher_size = sum(p.numel() for p in teacher.model.parameters())
     print(f"teacher {teacher.model_name}: {teacher_size:,} parameters; "
           f"student {args.student}: {student.num_parameters():,} parameters", flush=True)
-    run_training(plan, distiller, data, args)
+    before = None
+    if matching and cached:  # the view cache: K teacher passes, resumable
+        before = functools.partial(fill_views, teacher.model, data.train,
+                                   cache_dir or plan.out / "teacher_cache", args,
+                                   teacher_frontend, explicit=cache_dir is not None,
+                                   pairs=pairs)
+    run_training(plan, distiller, data, args, before)
     _finish_training(distiller, student, data, args, plan.out, "student",
                      {"command": "distill", "teacher": ", ".join(paths),
-                      "temperature": args.temperature, "alpha": args.alpha})
+                      "temperature": args.temperature, "alpha": args.alpha,
+                      "recipe": args.recipe})
     return 0
 
 
@@ -1683,6 +1719,53 @@ def command_train_mask_student(args: argparse.Namespace, teacher: object) -> int
     return 0
 
 
+def view_set(train, args: argparse.Namespace):
+    """The training split as a :class:`kdcore.engine.ViewSet` of ``--views`` deterministic
+    mixup views per clip (the default :class:`ViewConfig` recipe, seeded by ``--seed``)."""
+    from kdcore.engine.views import ViewSet
+
+    if args.mixup:
+        raise CLIError("--mixup is for --recipe classic; function matching mixes its views "
+                       "already (each view is a mixup of two clips)")
+    if args.task not in ("multiclass", "multilabel"):
+        raise CLIError(f"--recipe function_matching is for clip labels (--task multiclass or "
+                       f"multilabel), got --task {args.task}; pass --recipe classic")
+    if args.views is None:
+        args.views = min(_config_default(ViewConfig, "views"), args.epochs)
+    config = _user_config(ViewConfig, recipe=args.recipe, views=args.views)
+    return ViewSet(train, config, sample_rate=args.sample_rate, seed=args.seed)
+
+
+def view_student_frontend(args: argparse.Namespace) -> nn.Module:
+    """The student's frontend under function matching: log-mel, then SpecAugment (feature
+    masks belong to the student and stay random) unless ``--no-augment``; the waveform
+    augmentation is the view's, the one the teacher saw."""
+    from kdcore.checkpoints import build_frontend
+    from kdcore.data import SpecAugment
+
+    log_mel = build_frontend(frontend_config(args), args.backend)
+    if args.no_augment:
+        return log_mel
+    return nn.Sequential(log_mel, SpecAugment(freq_masks=2, freq_width=max(1, args.n_mels // 8),
+                                              time_masks=2, time_width=8))
+
+
+def fill_views(teacher: nn.Module, views, directory: Path, args: argparse.Namespace,
+               frontend: nn.Module, *, explicit: bool,
+               pairs: list[tuple[str, str]] | None = None) -> None:
+    """Fill (or finish) the view cache in ``directory``: ``--views`` teacher passes."""
+    from kdcore.engine.views import fill_view_cache
+
+    started = time.perf_counter()
+    fill_view_cache(teacher, views, directory, teacher_frontend=frontend, task=args.task,
+                    device=_device(args), batch_size=args.batch_size,
+                    storage=args.cache_storage, explicit=explicit,
+                    progress=not args.no_progress,
+                    feature_modules=[teacher_path for _, teacher_path in pairs or ()])
+    print(f"teacher outputs on {views.num_views} views of {len(views)} clips in {directory} "
+          f"({time.perf_counter() - started:.1f} s)", flush=True)
+
+
 def _refuse_training_run(out: Path) -> None:
     """An eval's ``--out`` must not be a train/distill run folder (its report and run.json
     would be replaced)."""
@@ -1832,9 +1915,11 @@ def guard_out(out: Path, markers: tuple[str, ...], overwrite: bool, what: str) -
 
 
 def command_cache_teacher(args: argparse.Namespace) -> int:
-    """Fill a teacher cache for ``distill --teacher-mode cached --cache-dir DIR`` with
-    :func:`kdcore.engine.fill_teacher_cache`: teacher outputs of every training item's
-    deterministic view (centre crop, log-mel), keyed as the cached distill run keys it."""
+    """Fill a teacher cache for ``distill --cache-dir DIR``: with ``--views K``, the
+    teacher's outputs on K deterministic mixup views of every training clip
+    (:func:`kdcore.engine.fill_view_cache`, function matching); without, on each item's
+    clean view (centre crop, log-mel; :func:`kdcore.engine.fill_teacher_cache`, ``--recipe
+    classic --teacher-mode cached``). Keyed as the distill run keys it."""
     _require(args, "data", "teacher", "out")
     from kdcore.data import SyntheticAudio, load_source
     from kdcore.engine import fill_teacher_cache
@@ -1856,13 +1941,20 @@ def command_cache_teacher(args: argparse.Namespace) -> int:
         print(f"--overwrite: replaced the teacher cache in {out}", flush=True)
     write_skipped(out, data.skipped)
     frontend = model_frontend(args, augment=False)
-    loader = _loader(data.train, args.batch_size, shuffle=False)
-    fill_teacher_cache(teacher.model, loader, out, teacher_frontend=frontend, task=args.task,
-                       device=device)
+    if args.views:  # function matching: K deterministic mixup views per clip
+        args.recipe, args.mixup = "function_matching", 0.0
+        views = view_set(data.train, args)
+        fill_views(teacher.model, views, out, args, frontend, explicit=True)
+        use = f"`kdcore distill --views {args.views} --cache-dir {out}` (same --seed)"
+    else:
+        loader = _loader(data.train, args.batch_size, shuffle=False)
+        fill_teacher_cache(teacher.model, loader, out, teacher_frontend=frontend,
+                           task=args.task, device=device)
+        use = f"`kdcore distill --recipe classic --teacher-mode cached --cache-dir {out}`"
     (out / "cli_data.json").write_text(json.dumps(_jsonable(_data_key(args)), indent=1))
     write_run_record(out, "cache-teacher", args, device)
     print(f"cached teacher outputs of {len(data.train)} training items in {out}; use it with "
-          f"`kdcore distill --teacher-mode cached --cache-dir {out}`")
+          f"{use}")
     return 0
 
 
@@ -2191,6 +2283,18 @@ def _add_training(groups: dict) -> None:
                         help="replace the run already in --out")
 
 
+def _add_view_flags(group: argparse._ArgumentGroup, *, views_default: object = None) -> None:
+    group.add_argument("--views", type=int, metavar="K", default=views_default,
+                       help="deterministic mixup views per clip the teacher cache stores "
+                            "(function matching; K teacher passes to fill). distill's "
+                            f"default: min({_config_default(ViewConfig, 'views')}, --epochs), "
+                            "so that every stored view is trained on")
+    group.add_argument("--cache-storage", choices=("float32", "float16"),
+                       default=_config_default(TeacherConfig, "cache_storage"),
+                       help="teacher cache storage; float16 halves it (relative error "
+                            "<= 2^-11 per value)")
+
+
 def _sub(commands, name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002
     return commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
 
@@ -2239,9 +2343,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="softening temperature of the KD term")
     obj.add_argument("--alpha", type=float, default=defaults.ALPHA,
                      help="weight of the KD term (1 - alpha on the label term)")
-    obj.add_argument("--teacher-mode", choices=TEACHER_MODES,
-                     default=_config_default(TeacherConfig, "teacher_mode"),
-                     help="online: run the teacher every step; cached: once per item")
+    obj.add_argument("--recipe", choices=RECIPES, default=_config_default(ViewConfig, "recipe"),
+                     help="function_matching: student and teacher on the same deterministic "
+                          "mixup views of each clip, labels mixed alike; classic: KD and "
+                          "labels on the student's own augmented clip (docs/recipes.md)")
+    obj.add_argument("--teacher-mode", choices=TEACHER_MODES, default=None,
+                     help="online: run the teacher every step; cached: once per item (view). "
+                          "Default: cached for function matching with a checkpoint teacher, "
+                          "else online")
+    _add_view_flags(obj)
     obj.add_argument("--cache-dir", default=None,
                      help="teacher cache of cache-teacher (cached mode; default: "
                           "OUT/teacher_cache)")
@@ -2278,13 +2388,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=command_eval)
 
     cache = _sub(commands, "cache-teacher", "precompute teacher outputs for distill "
-                 "--teacher-mode cached --cache-dir OUT")
+                 "--cache-dir OUT (--views K: on K mixup views per clip)")
     groups = _groups(cache)
     groups["model"].add_argument("--teacher", nargs="+", metavar="CKPT",
                                  help="teacher checkpoint; several make an ensemble teacher")
     groups["output"].add_argument("--out", help="cache folder")
     groups["output"].add_argument("--overwrite", action="store_true",
                                   help="replace the cache already in --out")
+    _add_view_flags(groups["objective"], views_default=0)
     _add_unlabelled(groups)
     _add_data(groups)
     _add_task(groups)

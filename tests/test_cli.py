@@ -79,7 +79,8 @@ def test_train_distill_eval_export(workspace: Path) -> None:
     result = run_kdcore("distill", "--data", "data", "--teacher", "teacher/model.pt",
                         "--student", "student_dscnn", "--width", "4", "--temperature", "3",
                         "--alpha", "0.7", "--feature-pair", "dropout:dropout", "--epochs", "1",
-                        "--mixup", "0.3", "--out", "student", *SIZES, *FRONTEND, cwd=workspace)
+                        "--mixup", "0.3", "--recipe", "classic", "--out", "student", *SIZES,
+                        *FRONTEND, cwd=workspace)
     assert result.returncode == 0, result.stderr
     student = workspace / "student"
     assert (student / "model.pt").is_file() and (student / "confusion.png").is_file()
@@ -228,12 +229,31 @@ def test_cache_teacher_then_cached_distill(workspace: Path) -> None:
             warnings.simplefilter("always")
             assert cli.main(["distill", "--teacher", "teacher/model.pt", "--student",
                              "student_dscnn", "--width", "4", "--teacher-mode", "cached",
-                             "--cache-dir", "cache", "--epochs", "1", "--out", "cached_kd",
-                             *data]) == 0
+                             "--recipe", "classic", "--cache-dir", "cache", "--epochs", "1",
+                             "--out", "cached_kd", *data]) == 0
         assert not [w for w in caught if "stale" in str(w.message)]
         assert cli.main(["distill", "--teacher", "teacher/model.pt", "--student",
                          "student_dscnn", "--teacher-mode", "cached", "--cache-dir", "cache",
-                         "--seed", "5", "--out", "other", *data]) == 2  # other split seed
+                         "--recipe", "classic", "--seed", "5", "--out", "other",
+                         *data]) == 2  # other split seed
+        # function matching (the default) reads a cache-teacher --views K cache as it is
+        assert cli.main(["cache-teacher", "--teacher", "teacher/model.pt", "--out", "views",
+                         "--views", "2", *data]) == 0
+        views = np.fromfile(workspace / "views" / "logits.f32", dtype=np.float32).copy()
+        assert (np.fromfile(workspace / "views" / "filled.u8", dtype=np.uint8) == 1).all()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert cli.main(["distill", "--teacher", "teacher/model.pt", "--student",
+                             "student_dscnn", "--width", "4", "--views", "2", "--cache-dir",
+                             "views", "--epochs", "1", "--out", "matched", *data]) == 0
+        assert not [w for w in caught if "stale" in str(w.message)]
+        np.testing.assert_array_equal(
+            np.fromfile(workspace / "views" / "logits.f32", dtype=np.float32), views)
+        record = json.loads((workspace / "matched" / "run.json").read_text())["config"]
+        assert (record["recipe"], record["teacher_mode"]) == ("function_matching", "cached")
+        assert cli.main(["distill", "--teacher", "teacher/model.pt", "--student",
+                         "student_dscnn", "--views", "3", "--cache-dir", "views", "--out",
+                         "other_views", *data]) == 2  # the cache holds 2 views
     finally:
         os.chdir(current)
     after = np.fromfile(workspace / "cache" / "logits.f32", dtype=np.float32)
@@ -333,6 +353,8 @@ def test_several_teachers_make_an_ensemble(workspace: Path,
     """--teacher A B: cache-teacher stores the mean of the members' logits; distill trains
     against the ensemble (feature pairs reach a member by its ``members.K.`` path); members
     with another frontend are refused naming --teacher."""
+    import warnings
+
     from kdcore.checkpoints import load_model_checkpoint
 
     data = ["--data", "data/manifest.csv", *SIZES]
@@ -345,10 +367,14 @@ def test_several_teachers_make_an_ensemble(workspace: Path,
         members = ["teacher/model.pt", "teacher_b/model.pt"]
         assert cli.main(["cache-teacher", "--teacher", *members, "--out", "cache_ensemble",
                          "--no-progress", *data]) == 0
-        assert cli.main(["distill", "--teacher", *members, "--student", "student_dscnn",
-                         "--width", "4", "--feature-pair", "dropout:members.1.dropout",
-                         "--epochs", "1", "--out", "ensemble_kd", "--no-progress",
-                         *data]) == 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert cli.main(["distill", "--teacher", *members, "--student", "student_dscnn",
+                             "--width", "4", "--feature-pair", "dropout:members.1.dropout",
+                             "--epochs", "1", "--out", "ensemble_kd", "--no-progress",
+                             *data]) == 0
+        # the view cache filled before training holds the tapped features too: no rebuild
+        assert not [w for w in caught if "stale" in str(w.message)]
         assert "ensemble of teacher_cnn, teacher_cnn" in capsys.readouterr().out
         record = json.loads((workspace / "ensemble_kd" / "run.json").read_text())
         assert record["config"]["teacher"] == members
@@ -417,8 +443,9 @@ def test_unlabelled_clips_join_distillation_and_the_teacher_cache(workspace: Pat
                          "cache_unlabelled", "--unlabelled", "unlabelled", *data]) == 0
         assert cli.main(["distill", "--teacher", "teacher/model.pt", "--student",
                          "student_dscnn", "--width", "4", "--teacher-mode", "cached",
-                         "--cache-dir", "cache_unlabelled", "--epochs", "1", "--out",
-                         "cached_unlabelled", "--unlabelled", "unlabelled", *data]) == 0
+                         "--recipe", "classic", "--cache-dir", "cache_unlabelled", "--epochs",
+                         "1", "--out", "cached_unlabelled", "--unlabelled", "unlabelled",
+                         *data]) == 0
         assert cli.main(["distill", "--teacher", "teacher/model.pt", "--student",
                          "student_dscnn", "--teacher-mode", "cached", "--cache-dir",
                          "cache_unlabelled", "--out", "refused", *data]) == 2

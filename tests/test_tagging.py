@@ -102,8 +102,9 @@ def test_multilabel_cache_teacher_distill_cached_and_eval(tagged: Path, tmp_path
     student = tmp_path / "student"
     assert cli.main(["distill", "--data", str(tagged), "--task", "multilabel", "--teacher",
                      str(teacher / "model.pt"), "--student", "student_dscnn", "--width", "4",
-                     "--teacher-mode", "cached", "--cache-dir", str(cache), "--out",
-                     str(student), "--epochs", "1", *SIZES]) == 0, capsys.readouterr().err
+                     "--recipe", "classic", "--teacher-mode", "cached", "--cache-dir",
+                     str(cache), "--out", str(student), "--epochs", "1",
+                     *SIZES]) == 0, capsys.readouterr().err
     assert (cache / "logits.f32").read_bytes() == before  # read back, not refilled
     assert json.loads((student / "report.json").read_text())["task"] == "multilabel"
 

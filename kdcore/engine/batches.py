@@ -44,6 +44,8 @@ class Batch:
     host_lengths: torch.Tensor | None = None  # a host copy of ``lengths`` (ctc: no sync)
     # Known on the host: every row has a class label (no UNLABELLED row); None: unknown.
     all_labelled: bool | None = None
+    lam: torch.Tensor | None = None  # (B,) a view's mixup weight (ViewSet)
+    partner_labels: torch.Tensor | None = None  # the view's partner labels (ViewSet)
 
     @property
     def size(self) -> int:
@@ -78,10 +80,14 @@ def parse_batch(raw: object) -> Batch:
         inputs = raw[present[0]]
         fields = {name: _as_tensor(name, raw.get(name))
                   for name in ("label", "index", "view", "mask", "lengths",
-                               "target_lengths")}
+                               "target_lengths", "lam", "partner_label")}
         batch = Batch(inputs=_as_tensor(present[0], inputs), labels=fields["label"],
                       index=fields["index"], view=fields["view"], mask=fields["mask"],
-                      lengths=fields["lengths"], target_lengths=fields["target_lengths"])
+                      lengths=fields["lengths"], target_lengths=fields["target_lengths"],
+                      lam=fields["lam"], partner_labels=fields["partner_label"])
+        if (batch.lam is None) != (batch.partner_labels is None):
+            raise ValueError("a batch dict needs both 'lam' and 'partner_label' (a mixed "
+                             "view) or neither")
     elif isinstance(raw, (tuple, list)):
         if not 1 <= len(raw) <= 4:
             raise ValueError("a batch tuple must be (input, label[, index[, mask]]), got "
@@ -109,7 +115,8 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
         targets = None  # on the device already: recomputed from the labels
     return Batch(inputs=move(batch.inputs), labels=move(batch.labels), index=batch.index,
                  view=batch.view, mask=move(batch.mask), lengths=move(lengths),
-                 target_lengths=targets, host_lengths=host, all_labelled=batch.all_labelled)
+                 target_lengths=targets, host_lengths=host, all_labelled=batch.all_labelled,
+                 lam=move(batch.lam), partner_labels=move(batch.partner_labels))
 
 
 class SkippingBatchSampler(Sampler[list[int]]):
@@ -204,6 +211,9 @@ class TrainLoader:
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.skip = skip_batches
+        set_dataset_epoch = getattr(getattr(self.source, "dataset", None), "set_epoch", None)
+        if callable(set_dataset_epoch):  # e.g. a ViewSet picks each clip's view per epoch
+            set_dataset_epoch(epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
             self.batch_sampler.skip = skip_batches

@@ -5,8 +5,9 @@ Layout of a cache directory:
 - ``meta.json``: the key (:func:`kdcore.engine.teachers.cache_key`: teacher, teacher frontend
   state and settings, tapped teacher modules, task, sample rate, data fingerprint),
   ``num_items``, ``num_views`` and the per-item shape of every stored output;
-- ``<name>.f32``: one float32 ``numpy.memmap`` per output, shaped (num_items, num_views, *shape)
-  (``logits`` and ``feature0``, ``feature1``, ... for the tapped teacher features);
+- ``<name>.f32`` (or ``.f16`` with ``storage="float16"``): one ``numpy.memmap`` per output,
+  shaped (num_items, num_views, *shape) (``logits`` and ``feature0``, ``feature1``, ... for the
+  tapped teacher features);
 - ``filled.u8``: (num_items, num_views) flags, set after the row's outputs are written.
 
 Rows are filled the first time their (item, view) passes through the training step and read
@@ -29,6 +30,10 @@ from kdcore.errors import UserInputError
 META = "meta.json"
 FLAGS = "filled.u8"
 FORMAT_VERSION = 1
+STORAGES = {"float32": (np.float32, "f32"), "float16": (np.float16, "f16")}
+# float16 storage rounds each value to nearest: relative error <= 2**-11 for |x| in
+# [6.1e-5, 65504]; larger values overflow to inf and are refused at write time.
+FLOAT16_RELATIVE_ERROR = 2.0 ** -11
 
 
 class CacheMismatchError(UserInputError):
@@ -38,7 +43,11 @@ class CacheMismatchError(UserInputError):
 
 class TeacherCache:
     def __init__(self, directory: Path, key: dict, num_items: int, num_views: int,
-                 shapes: dict[str, tuple[int, ...]]) -> None:
+                 shapes: dict[str, tuple[int, ...]], storage: str = "float32") -> None:
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {sorted(STORAGES)}, got {storage!r}")
+        self.storage = storage
+        self.dtype, self.suffix = STORAGES[storage]
         self.directory = Path(directory)
         self.key = dict(key, format=FORMAT_VERSION)
         self.num_items = num_items
@@ -49,6 +58,7 @@ class TeacherCache:
 
     def _meta(self) -> dict:
         return {"key": self.key, "num_items": self.num_items, "num_views": self.num_views,
+                "storage": self.storage,
                 "shapes": {name: list(shape) for name, shape in self.shapes.items()}}
 
     def prepare(self, *, explicit: bool) -> None:
@@ -76,6 +86,7 @@ class TeacherCache:
             if (same_key and found.get("num_items") == self.num_items
                     and found.get("num_views") == self.num_views
                     and found.get("shapes") == self._meta()["shapes"]
+                    and found.get("storage", "float32") == self.storage
                     and self._files_complete()):
                 return
             reason = ("another teacher, frontend, task or dataset" if not same_key
@@ -85,7 +96,7 @@ class TeacherCache:
             shutil.rmtree(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         for name, shape in self.shapes.items():
-            np.memmap(self._path(name), dtype=np.float32, mode="w+",
+            np.memmap(self._path(name), dtype=self.dtype, mode="w+",
                       shape=(self.num_items, self.num_views, *shape)).flush()
         np.memmap(self.directory / FLAGS, dtype=np.uint8, mode="w+",
                   shape=(self.num_items, self.num_views)).flush()
@@ -94,7 +105,7 @@ class TeacherCache:
         temporary.replace(meta_path)
 
     def _path(self, name: str) -> Path:
-        return self.directory / f"{name}.f32"
+        return self.directory / f"{name}.{self.suffix}"
 
     def _files_complete(self) -> bool:
         return (self.directory / FLAGS).exists() and all(
@@ -103,7 +114,7 @@ class TeacherCache:
     def open(self) -> None:
         """Map the prepared files (every rank, after :meth:`prepare`)."""
         for name, shape in self.shapes.items():
-            self.arrays[name] = np.memmap(self._path(name), dtype=np.float32, mode="r+",
+            self.arrays[name] = np.memmap(self._path(name), dtype=self.dtype, mode="r+",
                                           shape=(self.num_items, self.num_views, *shape))
         self.flags = np.memmap(self.directory / FLAGS, dtype=np.uint8, mode="r+",
                                shape=(self.num_items, self.num_views))
@@ -133,8 +144,15 @@ class TeacherCache:
         items, views = self._rows(index, view, size)
         if not self.flags[items, views].all():
             return None
-        return {name: torch.from_numpy(np.ascontiguousarray(array[items, views]))
+        return {name: torch.from_numpy(np.ascontiguousarray(array[items, views],
+                                                           dtype=np.float32))
                 for name, array in self.arrays.items()}
+
+    def missing(self, index: torch.Tensor | None, view: torch.Tensor | None,
+                size: int) -> bool:
+        """Whether any (item, view) row of a batch is not filled yet."""
+        items, views = self._rows(index, view, size)
+        return not bool(self.flags[items, views].all())
 
     def store(self, index: torch.Tensor | None, view: torch.Tensor | None,
               outputs: dict[str, torch.Tensor]) -> None:
@@ -148,7 +166,12 @@ class TeacherCache:
                     f"teacher_mode='cached' needs a fixed per-item output shape: {name} was "
                     f"{expected} per item and is now {tuple(value.shape[1:])} (pad inputs to "
                     "a fixed length and pass a mask)")
-            self.arrays[name][items, views] = value.detach().float().cpu().numpy()
+            host = value.detach().float().cpu().numpy()
+            if self.storage == "float16" and np.isfinite(host).all() and (
+                    np.abs(host) > np.finfo(np.float16).max).any():
+                raise ValueError(f"{name} holds values beyond float16's range (|x| > 65504); "
+                                 "use storage='float32'")
+            self.arrays[name][items, views] = host
         self.flags[items, views] = 1
 
     def flush(self) -> None:

@@ -5,6 +5,8 @@
 - :class:`ObjectiveConfig`: the task and its loss terms (temperature, alpha, ...).
 - :class:`TeacherConfig`: where teacher outputs come from (online, cached) and the feature
   pairs.
+- :class:`ViewConfig`: the distillation recipe and its deterministic views (function matching,
+  :mod:`kdcore.engine.views`).
 
 Defaults shared with other layers come from :mod:`kdcore.defaults`. ``to_dict()`` gives the
 plain dict stored in checkpoints and ``run.json``; ``fields()`` lists the names (CLI flags and
@@ -28,6 +30,7 @@ TEACHER_MODES = ("online", "cached")
 PRECISIONS = ("bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
+RECIPES = ("function_matching", "classic")
 
 
 def check_int(name: str, value: object, low: int) -> int:
@@ -180,7 +183,10 @@ class TeacherConfig(_Config):
       (computed once per (item, view), memory-mapped); a teacher that is not an ``nn.Module``
       always runs cached.
     - ``cache_dir`` [None: ``out_dir/teacher_cache``, rebuilt when stale; a directory named
-      here whose key differs raises :class:`CacheMismatchError`]; ``cache_views`` [1].
+      here whose key differs raises :class:`CacheMismatchError`]; ``cache_views`` [1: one
+      view per item; a :class:`kdcore.engine.views.ViewSet` loader sets its ``num_views``].
+    - ``cache_storage`` ["float32"]: or ``"float16"``, half the disk and page cache; each
+      stored value is then rounded to nearest, a relative error of at most 2**-11.
     - ``feature_pairs`` [()]: ``(student_module_path, teacher_module_path)`` pairs,
       ``feature_kind`` ["mse"], ``feature_weight`` [0.0].
     - ``teacher_frame_rate``, ``student_frame_rate`` [None]: output frames per second of
@@ -191,6 +197,7 @@ class TeacherConfig(_Config):
     teacher_mode: str = "online"
     cache_dir: Path | None = None
     cache_views: int = 1
+    cache_storage: str = "float32"
     feature_pairs: tuple[tuple[str, str], ...] = ()
     feature_kind: str = "mse"
     feature_weight: float = 0.0
@@ -202,6 +209,7 @@ class TeacherConfig(_Config):
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
         check_int("cache_views", self.cache_views, 1)
+        _checks.check_choice("cache_storage", self.cache_storage, ("float32", "float16"))
         pairs = []
         for pair in self.feature_pairs or ():
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
@@ -218,3 +226,55 @@ class TeacherConfig(_Config):
             if getattr(self, name) is not None:
                 setattr(self, name, _checks.check_number(name, getattr(self, name), low=0.0,
                                                          high=math.inf, low_open=True))
+
+
+def _pair(name: str, value: object) -> tuple[float, float]:
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise ValueError(f"{name} must be a (low, high) pair, got {value!r}")
+    low, high = (_checks.check_number(name, v, low=-math.inf, high=math.inf) for v in value)
+    if low > high:
+        raise ValueError(f"{name} must have low <= high, got {value!r}")
+    return float(low), float(high)
+
+
+@dataclasses.dataclass
+class ViewConfig(_Config):
+    """The distillation recipe and, for function matching, how its views are made (see
+    docs/recipes.md; one set of defaults for every classification dataset).
+
+    - ``recipe`` ["function_matching"]: the student and the teacher see the same
+      deterministic *views* of each clip, each a mixup of two clips with gain, shift and
+      noise; labels mix alike (:class:`kdcore.engine.views.ViewSet`). ``"classic"``: KD and
+      labels on the student's own randomly augmented clip (no views).
+    - ``views`` [8]: K, the views stored per clip; the teacher cache holds K x N outputs and
+      its fill costs K teacher passes over the training set (``kdcore distill`` takes
+      ``min(views, epochs)``: each epoch trains on the next view of every clip).
+    - ``gain_db`` [(-6.0, 6.0)]: uniform gain in dB.
+    - ``max_shift_s`` [0.05]: integer time shift of up to s seconds either way, zero-filled.
+    - ``noise_snr_db`` [(20.0, 40.0)]: white noise at a uniform SNR in dB against the mixed
+      clip's mean power; None: no noise.
+    - ``view_mixup`` [0.4]: ``lam ~ Beta(a, a)`` folded to ``max(lam, 1 - lam)``; the partner
+      is another clip of the training set drawn uniformly; 0: no partner.
+    """
+
+    recipe: str = "function_matching"
+    views: int = 8
+    gain_db: tuple[float, float] = (-6.0, 6.0)
+    max_shift_s: float = 0.05
+    noise_snr_db: tuple[float, float] | None = (20.0, 40.0)
+    view_mixup: float = 0.4
+
+    def __post_init__(self) -> None:
+        _checks.check_choice("recipe", self.recipe, RECIPES)
+        check_int("views", self.views, 1)
+        self.gain_db = _pair("gain_db", self.gain_db)
+        self.max_shift_s = _checks.check_number("max_shift_s", self.max_shift_s, low=0.0,
+                                                high=math.inf)
+        if self.noise_snr_db is not None:
+            self.noise_snr_db = _pair("noise_snr_db", self.noise_snr_db)
+        self.view_mixup = _checks.check_number("view_mixup", self.view_mixup, low=0.0,
+                                               high=math.inf)
+
+    def view_recipe(self) -> dict:
+        """What defines a view (the cache key's part): every field but ``recipe``/``views``."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("recipe", "views")}

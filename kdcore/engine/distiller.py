@@ -231,7 +231,9 @@ class DistillLearner(Learner):
                             teacher_frontend=self.teacher_frontend,
                             taps=[t for _, t in config.feature_pairs], task=self.objective.task,
                             dataset=self.dataset)
-        cache = TeacherCache(directory, key, num_items, config.cache_views, self.teacher_shapes)
+        views = getattr(self.dataset, "num_views", None) or config.cache_views
+        cache = TeacherCache(directory, key, num_items, views, self.teacher_shapes,
+                             storage=config.cache_storage)
         if dist.is_main:
             cache.prepare(explicit=explicit)
         barrier(dist)
@@ -257,7 +259,7 @@ class DistillLearner(Learner):
         self.loop.lap("frontend")
         if not training:  # the cache holds training views only
             teacher = self._run_teacher(self._teacher_features(batch.inputs, features))
-        elif mix is not None and self.cache is not None:
+        elif mix is not None and mix.perm is not None and self.cache is not None:
             teacher = self.mix_teacher(self.teacher_outputs(
                 batch, functools.partial(self._teacher_features, clean_inputs, None)), mix)
         else:

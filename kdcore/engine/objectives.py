@@ -50,10 +50,17 @@ IGNORE_INDEX = -100
 
 @dataclasses.dataclass
 class Mix:
-    """One mixup draw: row ``b`` is ``lam[b]`` of itself and ``1-lam[b]`` of row ``perm[b]``."""
+    """One mixup draw: row ``b`` is ``lam[b]`` of itself and ``1-lam[b]`` of row ``perm[b]``
+    of the batch, or, for a view of :class:`kdcore.engine.views.ViewSet` (``perm`` None), of a
+    partner clip whose labels are ``partner`` (B, ...)."""
 
     lam: torch.Tensor  # (B,) float32 in [0.5, 1]
-    perm: torch.Tensor  # (B,) int64
+    perm: torch.Tensor | None  # (B,) int64, or None with ``partner``
+    partner: torch.Tensor | None = None  # (B, ...) the partner clips' labels
+
+    def partner_of(self, labels: torch.Tensor) -> torch.Tensor:
+        """The partner rows' labels: ``partner`` when given, else ``labels[perm]``."""
+        return self.partner.to(labels.dtype) if self.partner is not None else labels[self.perm]
 
 
 @dataclasses.dataclass
@@ -155,7 +162,7 @@ class SoftmaxObjective(Objective):
         labels = None if batch.labels is None else batch.labels.long()
         partner = None
         if labels is not None and mix is not None:
-            partner = labels[mix.perm]
+            partner = mix.partner_of(labels)
             labels = torch.where(partner == IGNORE_INDEX, IGNORE_INDEX, labels)
             labels = torch.where((partner == UNLABELLED) & (labels != IGNORE_INDEX),
                                  UNLABELLED, labels)
@@ -229,7 +236,10 @@ class SigmoidObjective(Objective):
         labels = batch.labels
         if labels is not None:
             labels = labels.float()
-            if mix is not None:
+            if mix is not None and mix.perm is None:
+                weight = mix.lam.to(labels.dtype).view(-1, *([1] * (labels.dim() - 1)))
+                labels = weight * labels + (1.0 - weight) * mix.partner_of(labels)
+            elif mix is not None:
                 labels = mix_targets(labels, mix.lam, mix.perm)
             bce = F.binary_cross_entropy_with_logits(
                 student, torch.where(keep, labels, 0.0), reduction="none")

@@ -224,16 +224,21 @@ def run_cache_key(*, teacher_fingerprint: str, teacher_frontend: nn.Module | Non
                   taps: list[str], task: str, dataset: object) -> dict:
     """:func:`cache_key` as a run derives it: the sample rate from the teacher frontend (or the
     dataset's ``sample_rate``), the data fingerprint from ``dataset`` (a warning when it shows
-    none)."""
+    none), and for a :class:`kdcore.engine.views.ViewSet` a ``"views"`` entry (view count,
+    view recipe, seed)."""
     data = data_fingerprint(dataset) if dataset is not None else None
     if data is None:
         warnings.warn("kdcore: the training dataset shows no content to fingerprint (no "
                       "fingerprint(), files or tensors); the teacher cache is keyed by its item "
                       "count only", UserWarning, stacklevel=3)
-    return cache_key(teacher_fingerprint=teacher_fingerprint, teacher_frontend=teacher_frontend,
-                     taps=taps, task=task,
-                     sample_rate=frontend_rate(teacher_frontend)[1]
-                     or getattr(dataset, "sample_rate", None), data=data)
+    key = cache_key(teacher_fingerprint=teacher_fingerprint, teacher_frontend=teacher_frontend,
+                    taps=taps, task=task,
+                    sample_rate=frontend_rate(teacher_frontend)[1]
+                    or getattr(dataset, "sample_rate", None), data=data)
+    view_key = getattr(dataset, "view_key", None)
+    if callable(view_key):  # a ViewSet: its view count, recipe and seed
+        key["views"] = view_key()
+    return key
 
 
 def fill_teacher_cache(teacher: nn.Module | Callable, loader: Iterable, directory: str | Path,

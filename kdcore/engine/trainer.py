@@ -140,8 +140,14 @@ class Learner:
 
     def mix(self, batch: batching.Batch) -> tuple[batching.Batch, Mix | None]:
         """Mixup of the inputs (on the device) when configured; labels, index and view stay
-        the primary rows' (the partner's come from ``mix.perm``)."""
+        the primary rows' (the partner's come from ``mix.perm``). A batch of mixed views
+        (``lam`` and ``partner_label``) gives its own :class:`Mix` (``perm`` None)."""
         alpha = self.objective.config.mixup
+        if batch.lam is not None:  # a ViewSet view: mixed already, with its partner's labels
+            if alpha > 0:
+                raise ValueError("mixup > 0 with a loader of mixed views (a ViewSet): the "
+                                 "views are mixed already; set mixup=0")
+            return batch, Mix(batch.lam.float(), None, batch.partner_labels)
         if alpha <= 0:
             return batch, None
         mixed, lam, perm = mixup(batch.inputs.float(), alpha)
