@@ -8,7 +8,6 @@ outputs.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kdcore.data.audio import read_audio
+from kdcore.data.sources import read_rows
 from kdcore.eval.metrics import (
     character_error_rate,
     ctc_greedy_decode,
@@ -67,10 +67,7 @@ class TranscriptManifest(Dataset):
         path = Path(manifest)
         if not path.is_file():
             raise FileNotFoundError(f"manifest not found: {path}")
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = [h.strip() for h in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+        header, rows = read_rows(path)
         need = ["path", "transcript"] + (["split"] if split is not None else []) + (
             ["speaker"] if speakers is not None else [])
         missing = [c for c in need if c not in header]

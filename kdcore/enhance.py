@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from kdcore.data.sources import read_rows
 from kdcore.resample import Resample
 from kdcore.teachers import nsnet2 as ns
 
@@ -568,10 +569,7 @@ def read_paired_manifest(data: str | os.PathLike, *, split: str | None = None
     if not path.is_file():
         raise FileNotFoundError(f"--data {str(data)!r} is neither a paired manifest CSV nor a "
                                 "folder (with manifest.csv, or noisy/ and clean/ subfolders)")
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    columns, rows = read_rows(path)
     for column in ("noisy", "clean"):
         if column not in columns:
             raise ValueError(f"manifest {str(path)!r} has no {column!r} column (a paired "

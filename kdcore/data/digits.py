@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from kdcore.data.audio import read_audio
 from kdcore.data.mixtures import item_seed, split_item
+from kdcore.data.sources import read_rows
 
 __all__ = ["ConnectedDigits", "write_connected_digits", "write_connected_digits_splits"]
 
@@ -121,10 +122,7 @@ class ConnectedDigits(Dataset):
     def _read_manifest(path: Path, split: str | None) -> tuple[list, list, list[Path]]:
         if not path.is_file():
             raise FileNotFoundError(f"manifest not found: {path}")
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = [h.strip() for h in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+        header, rows = read_rows(path)
         need = ["path", "label", "speaker"] + (["split"] if split is not None else [])
         missing = [c for c in need if c not in header]
         if missing:

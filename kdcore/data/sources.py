@@ -222,7 +222,7 @@ def _from_folder(root: Path, skip_bad: bool, check_audio: bool, decode: bool) ->
     return AudioSource(root, records, _sort_classes({r.label for r in records}), skipped)
 
 
-def _read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """The stripped header and rows (column -> stripped text) of a CSV manifest."""
     with open(csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -284,7 +284,7 @@ def _check_duplicates(csv_path: Path, rows: list[dict[str, str]], allow_duplicat
 def _from_manifest(csv_path: Path, skip_bad: bool, check_audio: bool,
                    classes: Sequence[str] | None, allow_duplicates: bool,
                    decode: bool, task: str = "multiclass") -> AudioSource:
-    header, rows = _read_rows(csv_path)
+    header, rows = read_rows(csv_path)
     column = TASK_COLUMNS[task]
     missing = [name for name in ("path", column) if name not in header]
     if missing:
@@ -402,7 +402,7 @@ def unlabelled_files(path: str | os.PathLike, *, skip_bad: bool = False,
                       if p.is_file() and not p.name.startswith(".")
                       and p.suffix.lower() in AUDIO_EXTENSIONS]
     elif root.suffix.lower() == ".csv":
-        header, rows = _read_rows(root)
+        header, rows = read_rows(root)
         if "path" not in header:
             raise ManifestError(f"{root}: an unlabelled manifest needs a 'path' column "
                                 f"(found {header})")

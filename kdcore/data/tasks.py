@@ -51,8 +51,8 @@ from kdcore.data.sources import (
     _check_duplicates,
     _check_split_column,
     _keep_or_raise,
-    _read_rows,
     _sort_classes,
+    read_rows,
     unlabelled_files,
 )
 from kdcore.data.splits import normalize_split
@@ -203,9 +203,9 @@ def load_task_source(path: str | os.PathLike, task: str, *, skip_bad: bool = Fal
             f"({_COLUMN_HELP[task]})")
     if not root.exists():
         raise FileNotFoundError(f"data path does not exist: {root}")
-    if root.is_dir() or (root.suffix.lower() == ".csv" and column not in _read_rows(root)[0]):
+    if root.is_dir() or (root.suffix.lower() == ".csv" and column not in read_rows(root)[0]):
         if require_targets:
-            found = "" if root.is_dir() else f", found {_read_rows(root)[0]}"
+            found = "" if root.is_dir() else f", found {read_rows(root)[0]}"
             raise ManifestError(f"{root}: {need}{found}")
         if classes is None:
             raise ManifestError(f"{root} holds no '{column}' column: unlabelled data takes "
@@ -214,7 +214,7 @@ def load_task_source(path: str | os.PathLike, task: str, *, skip_bad: bool = Fal
                            per_frame if task == "regression" else True)
     if root.suffix.lower() != ".csv":
         raise ManifestError(f"data path must be a folder or a .csv manifest, got {root}")
-    header, rows = _read_rows(root)
+    header, rows = read_rows(root)
     has_split = "split" in header and _check_split_column(root, rows)
     _check_duplicates(root, rows, allow_duplicates, has_split)
     records, targets, skipped = [], [], []
@@ -308,7 +308,7 @@ def _unlabelled(root: Path, task: str, skip_bad: bool, check_audio: bool, decode
                                           decode=decode)
         records = [AudioRecord(file, "") for file in files]
     else:
-        header, rows = _read_rows(root)
+        header, rows = read_rows(root)
         has_split = "split" in header and _check_split_column(root, rows)
         files, skipped = unlabelled_files(root, skip_bad=skip_bad, check_audio=check_audio,
                                           decode=decode)
