@@ -982,8 +982,12 @@ def render_recipes(data: dict) -> list[str]:
             lines += table(header, rows) + [""]
             spread = (f" ± {summary['std_gain_points']:.1f}"
                       if summary.get("std_gain_points") is not None else "")
-            lines += [f"Mean gain {signed(summary['mean_gain_points'])}{spread} points, "
-                      f"lowest {signed(summary['min_gain_points'])}.", ""]
+            if summary.get("runs", summary["n"]) > summary["n"]:  # extra seeds on some folds
+                per_fold = ", ".join(f"{fold} {signed(gain)}" for fold, gain in
+                                     summary["gain_points_per_fold"].items())
+                lines += [f"Gain per fold, the mean over its seeds: {per_fold}.", ""]
+            lines += [f"Mean gain {signed(summary['mean_gain_points'])}{spread} points over "
+                      f"{summary['n']} {key}, lowest {signed(summary['min_gain_points'])}.", ""]
     target = data["target"]
     lines += [f"Target (all 6 FSDD folds, mean gain ≥ +{target['mean_gain_points_at_least']:g} "
               f"points, no fold below {signed(target['no_fold_below_points'])}): "
