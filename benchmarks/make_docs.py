@@ -947,9 +947,31 @@ def _recipe_row(where: str, unit: dict) -> list[str]:
     def acc(name: str) -> str:
         return pct(100 * unit[name]["accuracy"])
 
+    teacher_margin = 100 * (unit["teacher"]["accuracy"] - unit["baseline"])
     return [where, acc("teacher"), acc("alone"), acc("alone_mixup"),
-            pct(100 * unit["baseline"]), acc("distill"), signed(unit["gain_points"]),
-            times(unit["distill_wall_over_alone"])]
+            pct(100 * unit["baseline"]), signed(teacher_margin), acc("distill"),
+            signed(unit["gain_points"]), times(unit["distill_wall_over_alone"])]
+
+
+def _seed_spread(units: dict) -> list[str]:
+    """For each fold run with several seeds, the range of every accuracy over its seeds: the
+    noise a single-seed fold carries."""
+    by_fold: dict[str, list[dict]] = {}
+    for unit in units.values():
+        by_fold.setdefault(str(unit.get("fold")), []).append(unit)
+    lines = []
+    for fold, runs in by_fold.items():
+        if len(runs) < 2:
+            continue
+        spans = []
+        for name, label in (("teacher", "teacher"), ("alone", "alone"),
+                            ("alone_mixup", "alone + mixup"), ("distill", "distill")):
+            values = [100 * run[name]["accuracy"] for run in runs]
+            spans.append(f"{label} {min(values):.1f}–{max(values):.1f} %")
+        gains = [run["gain_points"] for run in runs]
+        spans.append(f"gain {signed(min(gains))} to {signed(max(gains))}")
+        lines += [f"Over the {len(runs)} seeds of fold `{fold}`: " + ", ".join(spans) + ".", ""]
+    return lines
 
 
 def render_recipes(data: dict) -> list[str]:
@@ -958,7 +980,8 @@ def render_recipes(data: dict) -> list[str]:
     the summaries, the target and the speed check."""
     settings = data["settings"]
     header = ["held out / seed", "teacher", "alone", "alone + mixup", "baseline",
-              "distill (defaults)", "gain (points)", "distill wall / alone wall"]
+              "teacher − baseline (points)", "distill (defaults)", "gain (points)",
+              "distill wall / alone wall"]
     lines = [meta_line([("CPU", data["machine"]["cpu"]), ("cores", data["machine"]["cores"]),
                         ("torch threads", data["machine"]["torch_threads"]),
                         ("torch", data["versions"]["torch"]),
@@ -970,7 +993,7 @@ def render_recipes(data: dict) -> list[str]:
              f"teacher `{' '.join(settings['teacher'])}`, {settings['teacher_epochs']} epochs; "
              f"flags of every run: `{' '.join(settings['common_flags'])}`. Test accuracy at "
              "the end of training; the baseline is the better student alone; gain = distill "
-             "minus baseline.", ""]
+             "minus baseline; teacher − baseline is the teacher's lead over that baseline.", ""]
     for name, key, label in (("fsdd", "folds", "FSDD, each speaker held out in turn"),
                              ("synthetic", "seeds", "SyntheticAudio")):
         part = data[name]
@@ -986,6 +1009,7 @@ def render_recipes(data: dict) -> list[str]:
                 per_fold = ", ".join(f"{fold} {signed(gain)}" for fold, gain in
                                      summary["gain_points_per_fold"].items())
                 lines += [f"Gain per fold, the mean over its seeds: {per_fold}.", ""]
+                lines += _seed_spread(units)
             lines += [f"Mean gain {signed(summary['mean_gain_points'])}{spread} points over "
                       f"{summary['n']} {key}, lowest {signed(summary['min_gain_points'])}.", ""]
     target = data["target"]
