@@ -1,8 +1,9 @@
 """Export a kdcore model checkpoint, frontend included, to TorchScript or ONNX.
 
 The exported file maps waveforms (B, T) float32 at the checkpoint's sample rate to logits
-(B, num_classes) float32, for **any** clip length T (the batch size and T are dynamic in the
-ONNX file too). It needs neither kdcore nor its custom ops: the frontend is the log-mel op's
+(B, num_classes) float32, or (B, frames, num_classes) for the per-frame models
+(``frame_conv``, ``ctc_conv``), for **any** clip length T (the batch size and T are dynamic in
+the ONNX file too). It needs neither kdcore nor its custom ops: the frontend is the log-mel op's
 reference written in ops that both formats carry:
 
 - framing: the ``center`` padding (``torch.nn.functional.pad`` with the op's ``pad_mode``),
@@ -90,7 +91,8 @@ class ExportLogMel(nn.Module):
 
 
 class ExportedClassifier(nn.Module):
-    """Waveforms (B, T) float32 -> logits (B, num_classes): frontend, then model."""
+    """Waveforms (B, T) float32 -> the model's logits ((B, num_classes), or (B, frames,
+    num_classes) for a per-frame model): frontend, then model."""
 
     def __init__(self, frontend: nn.Module, model: nn.Module) -> None:
         super().__init__()
@@ -105,11 +107,12 @@ def export_model(model_file: str | os.PathLike, out_path: str | os.PathLike,
     """Write the checkpoint ``model_file`` (``kdcore.checkpoints`` format) with its frontend to
     ``out_path`` as ``format`` (``"torchscript"``, the default, or ``"onnx"``, opset 18).
 
-    The file maps waveforms (B, T) float32 to logits (B, num_classes) float32 for any B and T
-    (see the module doc). With ``check`` (default True) it is loaded back (ONNX through
-    onnxruntime, when installed) and compared with the checkpoint's model behind
-    ``LogMel(backend="reference")`` at the training clip length and at a shorter and a longer
-    one; a difference above ``1e-4 * max(1, max |logit|)`` raises RuntimeError.
+    The file maps waveforms (B, T) float32 to logits (B, num_classes) float32, or
+    (B, frames, num_classes) for a per-frame model, for any B and T (see the module doc).
+    With ``check`` (default True) it is loaded back (ONNX through onnxruntime, when
+    installed) and compared with the checkpoint's model behind ``LogMel(backend="reference")``
+    at the training clip length and at a shorter and a longer one; a difference above
+    ``1e-4 * max(1, max |logit|)`` raises RuntimeError.
     Returns ``out_path`` as a Path. Raises ValueError for an unknown ``format``, FileNotFoundError
     for a missing ``model_file`` and ImportError when ``format="onnx"`` lacks the onnx package.
     """

@@ -29,9 +29,9 @@ FRONTENDS = {
 }
 
 
-def _checkpoint(tmp_path, frontend: dict):
+def _checkpoint(tmp_path, frontend: dict, model_name: str = "student_dscnn", **model_args):
     torch.manual_seed(0)
-    model = create("student_dscnn", 3, n_mels=16).eval()
+    model = create(model_name, 3, n_mels=16, **model_args).eval()
     path = tmp_path / "model.pt"
     save_model_checkpoint(path, model, class_names=["a", "b", "c"], frontend=frontend,
                           clip_samples=CLIP)
@@ -60,6 +60,29 @@ def test_exported_model_matches_eager_at_any_length(tmp_path, name, format):
             expected = model(features)
         assert got.shape == expected.shape == (3, 3)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("format", _formats())
+@pytest.mark.parametrize("model_name, model_args", [("frame_conv", {}),
+                                                    ("ctc_conv", {"gru": True})])
+def test_exported_per_frame_model_matches_eager_at_any_length(tmp_path, model_name, model_args,
+                                                              format):
+    """Per-frame models (frame_conv, ctc_conv with its GRU) export too: (B, frames, C) scores
+    whose frame count follows the clip length, equal to the eager model behind LogMel."""
+    path, model = _checkpoint(tmp_path, FRONTENDS["plain"], model_name, **model_args)
+    out = export_model(path, tmp_path / f"model.{format}", format=format)
+    eager_frontend = LogMel(backend="reference", **FRONTENDS["plain"])
+    generator = torch.Generator().manual_seed(4)
+    frame_counts = set()
+    for length in (CLIP, 2001, 9000):
+        waveforms = 0.1 * torch.randn(2, length, generator=generator)
+        got = run_exported(out, format, waveforms)
+        with torch.no_grad():
+            expected = model(eager_frontend(waveforms))
+        assert got.shape == expected.shape and got.shape[0] == 2 and got.shape[2] == 3
+        frame_counts.add(got.shape[1])
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert len(frame_counts) == 3
 
 
 def test_export_frontend_counts_frames_like_the_op():
