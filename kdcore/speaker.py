@@ -25,7 +25,6 @@ resemblyzer package normalises to), then cut or zero-padded at the end to ``clip
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -41,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdcore.data.noise import make_noise, mix_at_snr
+from kdcore.data.sources import read_rows
 from kdcore.frontend import LogMel
 from kdcore.resample import Resample
 
@@ -65,23 +65,21 @@ __all__ = ["CLIP_SAMPLES", "EMBEDDING", "ResemblyzerTeacher", "SpeakerClips",
 def read_speaker_manifest(manifest: str | os.PathLike, *, split: str | None = None,
                           speakers: Sequence[str] | None = None) -> tuple[list[Path], list[str]]:
     """Audio paths (relative to the CSV resolved) and their speakers from a manifest with
-    ``path`` and ``speaker`` columns. ``split`` (default None: every row) keeps rows whose
-    ``split`` column equals it; ``speakers`` (default None: all) keeps those speakers. Rows are
-    kept in file order. A missing column, file or an empty selection raises ``ValueError``."""
+    ``path`` and ``speaker`` columns (names and values stripped of spaces). ``split`` (default
+    None: every row) keeps rows whose ``split`` column equals it; ``speakers`` (default None:
+    all) keeps those speakers. Rows are kept in file order. A missing column or an empty
+    selection raises ``ValueError``, a missing manifest or audio file ``FileNotFoundError``."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest {str(manifest)!r} does not exist")
-    with open(manifest, newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [c for c in ("path", "speaker") if c not in columns]
-        if missing:
-            raise ValueError(f"manifest {str(manifest)!r} has no {missing} column(s); speaker "
-                             f"evaluation needs 'path' and 'speaker' (columns: {columns})")
-        if split is not None and "split" not in columns:
-            raise ValueError(f"manifest {str(manifest)!r} has no 'split' column for "
-                             f"split={split!r}")
-        rows = list(reader)
+    columns, rows = read_rows(manifest)
+    missing = [c for c in ("path", "speaker") if c not in columns]
+    if missing:
+        raise ValueError(f"manifest {str(manifest)!r} has no {missing} column(s); speaker "
+                         f"evaluation needs 'path' and 'speaker' (columns: {columns})")
+    if split is not None and "split" not in columns:
+        raise ValueError(f"manifest {str(manifest)!r} has no 'split' column for "
+                         f"split={split!r}")
     wanted = None if speakers is None else {str(s) for s in speakers}
     paths, names = [], []
     for line, row in enumerate(rows, start=2):

@@ -205,3 +205,24 @@ def test_a_pickle_payload_in_a_speaker_file_never_runs(tmp_path):
     with pytest.raises(ValueError, match="evil.pt"):
         sp.load_speaker_model(evil)
     assert not marker.exists()
+
+
+def test_read_speaker_manifest_strips_spaces_filters_and_names_the_file(tmp_path):
+    for name in ("a.wav", "b.wav", "c.wav"):
+        (tmp_path / name).write_bytes(b"")  # only existence is checked here
+    manifest = tmp_path / "speakers.csv"
+    manifest.write_text("path , speaker, split\n a.wav , ann , test\nb.wav,bob,train\n"
+                        "c.wav, bob ,test\n", encoding="utf-8")
+    paths, speakers = sp.read_speaker_manifest(manifest, split="test")
+    assert [p.name for p in paths] == ["a.wav", "c.wav"] and speakers == ["ann", "bob"]
+    paths, speakers = sp.read_speaker_manifest(manifest, speakers=["bob"])
+    assert [p.name for p in paths] == ["b.wav", "c.wav"] and speakers == ["bob", "bob"]
+    with pytest.raises(ValueError, match="speakers.csv.*'nobody'|'nobody'.*not found"):
+        sp.read_speaker_manifest(manifest, speakers=["bob", "nobody"])
+    (tmp_path / "c.wav").unlink()
+    with pytest.raises(FileNotFoundError, match="line 4.*c.wav"):
+        sp.read_speaker_manifest(manifest)
+    no_speaker = tmp_path / "no_speaker.csv"
+    no_speaker.write_text("path,label\na.wav,x\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no_speaker.csv.*'speaker'"):
+        sp.read_speaker_manifest(no_speaker)
