@@ -243,13 +243,17 @@ class AudioFileDataset(Dataset):
         if clip_samples is not None and (not isinstance(clip_samples, int) or clip_samples < 1):
             raise ValueError(f"clip_samples must be a positive int or None, got {clip_samples!r}")
         self.paths = [Path(p) for p in paths]
-        self.labels = [label if isinstance(label, torch.Tensor) else int(label)
-                       for label in labels]
+        self.labels = [self._label(label) for label in labels]
         self.sample_rate, self.clip_samples, self.train = sample_rate, clip_samples, train
         self.generator = generator
         self._cache: list[torch.Tensor] | None = None
         if preload:
             self._cache = [self._decode(i) for i in range(len(self.paths))]
+
+    @staticmethod
+    def _label(label: object) -> object:
+        """One stored label: a tensor as it is, anything else as an int class index."""
+        return label if isinstance(label, torch.Tensor) else int(label)
 
     def _decode(self, index: int) -> torch.Tensor:
         return torch.from_numpy(read_audio(self.paths[index], self.sample_rate))

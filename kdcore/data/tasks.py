@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kdcore.data.audio import AudioExample, AudioReadError, center_crop, random_crop, read_audio
+from kdcore.data.audio import AudioExample, AudioFileDataset, AudioReadError
 from kdcore.data.sources import (
     AudioRecord,
     AudioSource,
@@ -99,11 +99,11 @@ class TaskSource(AudioSource):
                            preload=preload)
 
 
-class TaskDataset(Dataset):
+class TaskDataset(AudioFileDataset):
     """Audio files with tensor targets (or None) as :class:`kdcore.data.AudioExample` items
-    (``waveform`` float32 (T,), ``label`` the target or None, ``index``). ``clip_samples``
-    [None: whole files] crops as :class:`kdcore.data.AudioFileDataset` does; ``preload``
-    [True] decodes every file once, here."""
+    (``waveform`` float32 (T,), ``label`` the target or None, ``index``): an
+    :class:`kdcore.data.AudioFileDataset` whose labels are stored as given. ``clip_samples``
+    [None: whole files] crops as it does; ``preload`` [True] decodes every file once, here."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], targets: Sequence, *,
                  sample_rate: int, clip_samples: int | None = None, train: bool = False,
@@ -111,23 +111,17 @@ class TaskDataset(Dataset):
         if len(paths) != len(targets):
             raise ValueError(f"paths and targets must have the same length, got {len(paths)} "
                              f"and {len(targets)}")
-        self.paths = [Path(p) for p in paths]
-        self.targets = list(targets)
-        self.sample_rate, self.clip_samples, self.train = sample_rate, clip_samples, train
-        self._cache = [self._decode(i) for i in range(len(self.paths))] if preload else None
+        super().__init__(paths, targets, sample_rate=sample_rate, clip_samples=clip_samples,
+                         train=train, preload=preload)
 
-    def _decode(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(read_audio(self.paths[index], self.sample_rate))
+    @staticmethod
+    def _label(label: object) -> object:
+        return label
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> AudioExample:
-        waveform = self._cache[index] if self._cache is not None else self._decode(index)
-        if self.clip_samples is not None:
-            waveform = (random_crop(waveform, self.clip_samples) if self.train
-                        else center_crop(waveform, self.clip_samples))
-        return AudioExample(waveform.contiguous(), self.targets[index], index)
+    @property
+    def targets(self) -> list:
+        """The per-file targets (tensors or None), in file order."""
+        return self.labels
 
 
 def _load_array(path: Path, where: str) -> np.ndarray:
