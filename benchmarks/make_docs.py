@@ -739,7 +739,10 @@ def render_tagging(entry: dict) -> list[str]:
               f"{' to '.join(fmt(v) for v in data.get('level_db', []))} dB",
               f"- KD: {kd.get('loss', '–')}, alpha {fmt(kd.get('alpha'))}, temperature "
               f"{fmt(kd.get('temperature'))}, teacher {kd.get('teacher_mode', '–')}; teacher / "
-              f"student parameters {fmt(entry.get('teacher_to_student_parameters'), 3)}"]
+              f"student parameters {fmt(entry.get('teacher_to_student_parameters'), 3)}"
+              + (f"; {cell(str(kd['choice']))}" if kd.get("choice") else "")]
+    lines += [f"- `{name}`: {cell(str(note))}"
+              for name, note in entry.get("model_notes", {}).items()]
     commands = entry.get("cli_commands", {})
     if commands:
         lines += [f"- commands per seed ({cell(str(entry.get('cli_note', '')))}):", "",
@@ -1209,10 +1212,18 @@ def teacher_rows(data: object) -> list[list[str]]:
             return (f"{name.replace('_', ' ')} ({count(results[name]['parameters'])}) mAP "
                     f"{_mean_std3(results[name]['mAP'])}")
 
+        kd_cells = [tag_map("student_kd").replace("student kd", "student + KD")]
+        alone_cells = [tag_map("student_alone")]
+        if "student_distill_defaults" in results:  # the untuned pair, augmentation on
+            tuned = "student + KD (classic; alpha, T picked on seed 0's test clips)"
+            kd_cells = [kd_cells[0].replace("student + KD", tuned),
+                        tag_map("student_distill_defaults").replace(
+                            "student distill defaults", "`distill` with its defaults")]
+            alone_cells.append(tag_map("student_alone_augmented").replace(
+                "student alone augmented", "student alone with augmentation"))
         rows.append(["audio tagging (7 tags), trained teacher CNN → student, held-out FSDD "
                      f"speakers ({len(entry['seeds_finished'])} seeds), CPU",
-                     tag_map("student_kd").replace("student kd", "student + KD"),
-                     f"{tag_map('student_alone')}, {tag_map('teacher')}",
+                     ", ".join(kd_cells), ", ".join([*alone_cells, tag_map("teacher")]),
                      source.format("tagging")])
     except (KeyError, TypeError, AttributeError, ValueError):
         pass

@@ -18,7 +18,10 @@ Per seed:
    of the student alone (``student_dscnn``); ``kdcore cache-teacher --task multilabel``; then
    ``kdcore distill --task multilabel --teacher-mode cached`` (``kd_bce_loss`` on the cached
    teacher logits plus BCE on the tags); ``kdcore eval`` of the KD student (report and
-   per-class AP PNG). No augmentation in any run (the cached teacher saw one view per clip).
+   per-class AP PNG). No augmentation in these runs (the cached teacher saw one view per
+   clip). Then the untuned pair: ``kdcore train`` of the student with its default
+   augmentation, and ``kdcore distill`` with every default (function matching on the view
+   cache, kdcore's alpha and temperature, augmentation on).
 3. Scores: the test-split ``report.json`` of each run (macro mAP, micro AP, per-tag AP).
 
 The seed changes the data draw, the initialisations and the loader order. Results merge into
@@ -51,7 +54,17 @@ from kdcore.data import write_tagging_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = ("george", "yweweler")
-MODELS = ("teacher", "student_alone", "student_kd")
+MODELS = ("teacher", "student_alone", "student_kd", "student_alone_augmented",
+          "student_distill_defaults")
+MODEL_NOTES = {
+    "student_alone": "kdcore train, --no-augment",
+    "student_kd": "kdcore distill --recipe classic from the cached teacher, --no-augment, "
+                  "alpha and temperature from the one-seed pilot on test clips (the KD line)",
+    "student_alone_augmented": "kdcore train with its default augmentation",
+    "student_distill_defaults": "kdcore distill with every default: function matching on "
+                                "views from the view cache, kdcore's alpha and temperature, "
+                                "the default augmentation; nothing tuned",
+}
 PILOT = ("alpha 0.5 and temperature 1 were picked in a one-seed pilot (seed 0, scored on its "
          "test clips) among (alpha, T) = (0.5, 1), (0.9, 1), (1.0, 1) and kdcore's defaults "
          "(0.9, 2): KD mAP 0.868, 0.854, 0.842, 0.844 against 0.858 for the student alone")
@@ -131,6 +144,15 @@ def commands(args: argparse.Namespace, seed: int | str, data: str,
                        "--cache-dir", f"{runs}/cache", "--alpha", str(args.alpha),
                        "--temperature", str(args.temperature), "--no-augment", "--out",
                        f"{runs}/student_kd"],
+        "student_alone_augmented": ["train", *common, "--model", "student_dscnn", "--width",
+                                    str(args.student_width), "--epochs",
+                                    str(args.student_epochs), "--out",
+                                    f"{runs}/student_alone_augmented"],
+        "student_distill_defaults": ["distill", *common, "--teacher",
+                                     f"{runs}/teacher/model.pt", "--student", "student_dscnn",
+                                     "--width", str(args.student_width), "--epochs",
+                                     str(args.student_epochs), "--out",
+                                     f"{runs}/student_distill_defaults"],
         "eval": ["eval", "--data", data, "--model", f"{runs}/student_kd/model.pt",
                  "--batch-size", str(args.batch_size), "--no-progress", "--out",
                  f"{runs}/eval_student_kd"],
@@ -220,7 +242,8 @@ def save(args: argparse.Namespace, manifest: Path, per_seed: list[dict], wall_s:
         "budget": {"train_clips": args.train_clips, "test_clips": args.test_clips,
                    "teacher_epochs": args.teacher_epochs,
                    "student_epochs": args.student_epochs, "batch_size": args.batch_size,
-                   "augmentation": False,
+                   "augmentation": {name: "augment" in name or "defaults" in name
+                                    for name in MODELS if name != "teacher"},
                    "note": "small data, small models and few epochs, sized to finish 3 seeds "
                            "in about 15 minutes on 2 shared CPU cores; not converged"},
         "data": {"speech": speech_description(manifest),
@@ -232,6 +255,7 @@ def save(args: argparse.Namespace, manifest: Path, per_seed: list[dict], wall_s:
                    "frontend": "40 log-mels, 32 ms windows (n_fft 256), 10 ms hop"},
         "kd": {"loss": "kd_bce_loss", "alpha": args.alpha, "temperature": args.temperature,
                "teacher_mode": "cached", "choice": PILOT},
+        "model_notes": MODEL_NOTES,
         "teacher_to_student_parameters": ratio,
         "cpu": cpu_model(), "threads": torch.get_num_threads(),
         "load_average_1_5_15min_at_start": load_start,
