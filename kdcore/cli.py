@@ -1539,7 +1539,39 @@ def command_distill(args: argparse.Namespace) -> int:
                      {"command": "distill", "teacher": ", ".join(paths),
                       "temperature": args.temperature, "alpha": args.alpha,
                       "recipe": args.recipe})
+    if args.task == "multiclass" and data.collate is None:
+        _score_teacher(teacher.model, teacher_frontend, data, args, plan.out)
     return 0
+
+
+def _score_teacher(teacher: nn.Module, teacher_frontend: nn.Module | None, data: Data,
+                   args: argparse.Namespace, out: Path) -> None:
+    """Score the teacher on the split the student was scored on; its accuracy and confusion
+    matrix (rows: true class) go into ``report.json`` as ``extra.teacher_accuracy`` and
+    ``extra.teacher_confusion``. A teacher no better than the student there
+    gets a printed note: distillation has nothing to add on that split."""
+    from kdcore.checkpoints import build_frontend
+
+    frontend = (teacher_frontend if teacher_frontend is not None
+                else build_frontend(frontend_config(args), args.backend))
+    labels, predictions = predict(frontend, teacher, data.evaluation, args.batch_size,
+                                  _device(args), not args.no_progress)
+    teacher_accuracy = (predictions == labels).double().mean().item()
+    classes = len(data.class_names)
+    confusion = torch.bincount(labels * classes + predictions, minlength=classes * classes)
+    path = out / "report.json"
+    report = json.loads(path.read_text())
+    report.setdefault("extra", {}).update(
+        teacher_accuracy=teacher_accuracy,
+        teacher_confusion=confusion.reshape(classes, classes).tolist())
+    _write_json_atomic(path, report)
+    student_accuracy = report["accuracy"]
+    print(f"teacher accuracy on the {data.evaluation_split} split: {100 * teacher_accuracy:.1f} % "
+          f"(student {100 * student_accuracy:.1f} %); in {path} as extra.teacher_accuracy")
+    if teacher_accuracy <= student_accuracy:
+        print("note: the teacher scores no better than the student on this split, so "
+              "distilling from it cannot be expected to help; a stronger teacher (more "
+              "epochs, a wider model or an ensemble of checkpoints) can (docs/recipes.md)")
 
 
 # -- voice activity: --teacher silero-vad (kdcore.vad) ------------------------------------

@@ -87,6 +87,15 @@ def test_train_distill_eval_export(workspace: Path) -> None:
     config = json.loads((student / "run.json").read_text())["config"]
     assert (config["temperature"], config["alpha"], config["mixup"]) == (3.0, 0.7, 0.3)
     assert config["feature_pair"] == ["dropout:dropout"]
+    # distill scores its teacher on the student's split: the teacher's own train report
+    teacher_report = json.loads((teacher / "report.json").read_text())
+    student_report = json.loads((student / "report.json").read_text())
+    assert student_report["extra"]["teacher_accuracy"] == pytest.approx(
+        teacher_report["accuracy"])
+    assert student_report["extra"]["teacher_confusion"] == teacher_report["confusion"]
+    assert student_report["extra"]["teacher_confusion"] != student_report["confusion"]  # seeded
+    assert f"teacher accuracy on the test split: {100 * teacher_report['accuracy']:.1f} %" \
+        in result.stdout
 
     result = run_kdcore("eval", "--data", "data/manifest.csv", "--model", "student/model.pt",
                         "--split", "test", "--out", "evaluation", "--no-progress",
