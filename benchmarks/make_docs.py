@@ -1208,22 +1208,21 @@ def teacher_rows(data: object) -> list[list[str]]:
         entry = data["tagging"]
         results = entry["results"]
 
-        def tag_map(name: str) -> str:
-            return (f"{name.replace('_', ' ')} ({count(results[name]['parameters'])}) mAP "
+        def tag_map(name: str, label: str) -> str:
+            return (f"{label} ({count(results[name]['parameters'])}) mAP "
                     f"{_mean_std3(results[name]['mAP'])}")
 
-        kd_cells = [tag_map("student_kd").replace("student kd", "student + KD")]
-        alone_cells = [tag_map("student_alone")]
+        kd_cells = [tag_map("student_kd", "student + KD")]
+        alone_cells = [tag_map("student_alone", "student alone")]
         if "student_distill_defaults" in results:  # the untuned pair, augmentation on
-            tuned = "student + KD (classic; alpha, T picked on seed 0's test clips)"
-            kd_cells = [kd_cells[0].replace("student + KD", tuned),
-                        tag_map("student_distill_defaults").replace(
-                            "student distill defaults", "`distill` with its defaults")]
-            alone_cells.append(tag_map("student_alone_augmented").replace(
-                "student alone augmented", "student alone with augmentation"))
+            kd_cells = [tag_map("student_kd", "student + KD (classic; alpha, T picked on seed "
+                                              "0's test clips)"),
+                        tag_map("student_distill_defaults", "`distill` with its defaults")]
+            alone_cells.append(tag_map("student_alone_augmented",
+                                       "student alone with augmentation"))
         rows.append(["audio tagging (7 tags), trained teacher CNN → student, held-out FSDD "
                      f"speakers ({len(entry['seeds_finished'])} seeds), CPU",
-                     ", ".join(kd_cells), ", ".join([*alone_cells, tag_map("teacher")]),
+                     ", ".join(kd_cells), ", ".join([*alone_cells, tag_map("teacher", "teacher")]),
                      source.format("tagging")])
     except (KeyError, TypeError, AttributeError, ValueError):
         pass

@@ -242,7 +242,7 @@ def save(args: argparse.Namespace, manifest: Path, per_seed: list[dict], wall_s:
         "budget": {"train_clips": args.train_clips, "test_clips": args.test_clips,
                    "teacher_epochs": args.teacher_epochs,
                    "student_epochs": args.student_epochs, "batch_size": args.batch_size,
-                   "augmentation": {name: "augment" in name or "defaults" in name
+                   "augmentation": {name: "--no-augment" not in steps[name]
                                     for name in MODELS if name != "teacher"},
                    "note": "small data, small models and few epochs, sized to finish 3 seeds "
                            "in about 15 minutes on 2 shared CPU cores; not converged"},

@@ -1551,19 +1551,18 @@ def _score_teacher(teacher: nn.Module, teacher_frontend: nn.Module | None, data:
     ``extra.teacher_confusion``. A teacher no better than the student there
     gets a printed note: distillation has nothing to add on that split."""
     from kdcore.checkpoints import build_frontend
+    from kdcore.eval import classification_report
 
     frontend = (teacher_frontend if teacher_frontend is not None
                 else build_frontend(frontend_config(args), args.backend))
     labels, predictions = predict(frontend, teacher, data.evaluation, args.batch_size,
                                   _device(args), not args.no_progress)
-    teacher_accuracy = (predictions == labels).double().mean().item()
-    classes = len(data.class_names)
-    confusion = torch.bincount(labels * classes + predictions, minlength=classes * classes)
+    scored = classification_report(labels, predictions, data.class_names)
+    teacher_accuracy = scored.accuracy
     path = out / "report.json"
     report = json.loads(path.read_text())
-    report.setdefault("extra", {}).update(
-        teacher_accuracy=teacher_accuracy,
-        teacher_confusion=confusion.reshape(classes, classes).tolist())
+    report.setdefault("extra", {}).update(teacher_accuracy=teacher_accuracy,
+                                          teacher_confusion=scored.confusion)
     _write_json_atomic(path, report)
     student_accuracy = report["accuracy"]
     print(f"teacher accuracy on the {data.evaluation_split} split: {100 * teacher_accuracy:.1f} % "
